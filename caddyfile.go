@@ -1,0 +1,136 @@
+package writeguard
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	wg := new(Handler)
+	err := wg.UnmarshalCaddyfile(h.Dispenser)
+	return wg, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	write_guard [<matcher>] {
+//		methods      <method...>     # default: PUT PATCH DELETE
+//		blind        428|409|allow   # default: 428
+//		etag_match   default|strict  # default: default
+//		key          <template>      # default: {http.request.host}{http.request.uri.path}
+//		lock_timeout <duration>      # default: 30s
+//		cache_size   <entries>|<size> # default: 1000000 (entries); a size such as 64MiB bounds memory
+//		cache_ttl    <duration>      # default: 10m
+//		max_body     <size>          # default: 10MiB
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("%s given twice", opt)
+		}
+		seen[opt] = true
+		switch opt {
+		case "methods":
+			h.Methods = d.RemainingArgs()
+			if len(h.Methods) == 0 {
+				return d.ArgErr()
+			}
+			for i, m := range h.Methods {
+				h.Methods[i] = strings.ToUpper(m)
+			}
+		case "blind":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch d.Val() {
+			case "428", "409", "allow":
+				h.Blind = d.Val()
+			default:
+				return d.Errf("blind: %q is not one of 428, 409, allow", d.Val())
+			}
+		case "etag_match":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch d.Val() {
+			case "default":
+			case "strict":
+				h.ETagMatch = "strict"
+			default:
+				return d.Errf("etag_match: %q is not one of default, strict", d.Val())
+			}
+		case "key":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			h.Key = d.Val()
+		case "lock_timeout":
+			dur, err := parseDuration(d)
+			if err != nil {
+				return err
+			}
+			h.LockTimeout = dur
+		case "cache_ttl":
+			dur, err := parseDuration(d)
+			if err != nil {
+				return err
+			}
+			h.CacheTTL = dur
+		case "cache_size":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if n, err := strconv.ParseInt(d.Val(), 10, 64); err == nil {
+				if n <= 0 {
+					return d.Errf("cache_size: must be positive")
+				}
+				h.CacheSize = n
+			} else {
+				size, err := humanize.ParseBytes(d.Val())
+				if err != nil || size == 0 {
+					return d.Errf("cache_size: %q is neither a number of entries nor a size such as 64MiB", d.Val())
+				}
+				h.CacheBytes = int64(size)
+			}
+		case "max_body":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			size, err := humanize.ParseBytes(d.Val())
+			if err != nil || size == 0 {
+				return d.Errf("max_body: %q is not a size such as 10MiB", d.Val())
+			}
+			h.MaxBody = int64(size)
+		default:
+			return d.Errf("unrecognized subdirective %q", opt)
+		}
+		if opt != "methods" && d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
+}
+
+func parseDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	opt := d.Val()
+	if !d.NextArg() {
+		return 0, d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(d.Val())
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("%s: %q is not a positive duration", opt, d.Val())
+	}
+	return caddy.Duration(dur), nil
+}

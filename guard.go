@@ -1,0 +1,280 @@
+package writeguard
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/writeguard/caddy-writeguard/etagcache"
+	"github.com/writeguard/caddy-writeguard/precondition"
+)
+
+// serveWrite checks a guarded request's preconditions against the
+// resource's current version and forwards it only if they hold. Check and
+// forward happen under the resource's lock, so of two writes that name the
+// same version only the first reaches the backend.
+func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	cond, err := precondition.Parse(r.Header)
+	if err != nil {
+		var he *precondition.HeaderError
+		errors.As(err, &he)
+		h.logRejection(r, "bad_request", he.Field)
+		return writeProblem(w, r, problem{
+			Type:   problemInvalidPrecondition,
+			Title:  "Invalid precondition",
+			Status: http.StatusBadRequest,
+			Detail: fmt.Sprintf("The %s header field is not valid (%s). Send the entity-tag exactly as the ETag response field gave it, for example If-Match: \"abc\".", he.Field, he.Reason),
+			Header: he.Field,
+		})
+	}
+	if cond.Blind() && h.Blind != "allow" {
+		status := http.StatusPreconditionRequired
+		if h.Blind == "409" {
+			status = http.StatusConflict
+		}
+		h.logRejection(r, "blind", "")
+		return writeProblem(w, r, problem{
+			Type:   problemPreconditionRequired,
+			Title:  "Precondition required",
+			Status: status,
+			Detail: "This write carries no precondition, so it could overwrite a change it has not seen. GET the resource, then repeat the write with If-Match set to the ETag of that response (or If-None-Match: * to create a resource that must not exist yet).",
+			Header: "If-Match",
+		})
+	}
+
+	// Read the whole body before taking the lock, so that a slow client
+	// never holds up other writers of the resource.
+	if err := h.bufferBody(r); err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			h.logRejection(r, "too_large", "")
+			return writeProblem(w, r, problem{
+				Type:   problemBodyTooLarge,
+				Title:  "Request body too large",
+				Status: http.StatusRequestEntityTooLarge,
+				Detail: fmt.Sprintf("Guarded writes may carry at most %d bytes.", h.MaxBody),
+			})
+		}
+		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
+	}
+
+	key := h.resourceKey(r)
+	if err := h.lock(r.Context(), key); err != nil {
+		if r.Context().Err() != nil {
+			// The client left while it waited; nobody is there to answer.
+			return caddyhttp.Error(499, err)
+		}
+		h.logRejection(r, "busy", "")
+		return writeProblem(w, r, problem{
+			Type:       problemResourceBusy,
+			Title:      "Resource busy",
+			Status:     http.StatusConflict,
+			Detail:     fmt.Sprintf("Other writes to this resource kept it locked for more than %s. Retry after the time given in Retry-After, with the same precondition.", time.Duration(h.LockTimeout)),
+			retryAfter: 1,
+		})
+	}
+	defer h.locks.Unlock(key)
+
+	recorded := false
+	defer func() {
+		// A write that ended in a panic may or may not have been applied:
+		// forget the version rather than keep one that may be old.
+		if !recorded {
+			h.cache.Forget(key)
+		}
+	}()
+
+	if !cond.Blind() {
+		state, fromCache, refusal := h.currentState(w, r, key, next)
+		if refusal != nil {
+			recorded = true
+			return refusal()
+		}
+		outcome := cond.Evaluate(state, h.matching)
+		if outcome != precondition.Pass && fromCache {
+			// Confirm a failure with the upstream before refusing: the cache
+			// may hold another representation's tag, or miss a change made
+			// behind the proxy's back.
+			state, _, refusal = h.probeState(w, r, key, next)
+			if refusal != nil {
+				recorded = true
+				return refusal()
+			}
+			outcome = cond.Evaluate(state, h.matching)
+		}
+		if outcome != precondition.Pass {
+			recorded = true
+			h.logRejection(r, "stale", outcome.Field())
+			if c := h.logger.Check(zapcore.DebugLevel, "precondition failed"); c != nil {
+				c.Write(zap.String("key", key), zap.String("current_etag", state.ETag), zap.Bool("exists", state.Exists))
+			}
+			return writeProblem(w, r, failedProblem(outcome, state))
+		}
+	}
+
+	rec := &outcomeWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	err = next.ServeHTTP(rec, r)
+	h.record(key, r.Method, rec, err)
+	recorded = true
+	return err
+}
+
+func failedProblem(outcome precondition.Outcome, state precondition.State) problem {
+	p := problem{
+		Type:   problemPreconditionFailed,
+		Title:  "Precondition failed",
+		Status: http.StatusPreconditionFailed,
+		Header: outcome.Field(),
+	}
+	switch {
+	case outcome == precondition.FailedIfNoneMatch:
+		p.Detail = "The resource already exists (or has a version named in If-None-Match), and this write must not replace it. GET the resource and, to change it, send If-Match with its ETag instead."
+	case !state.Exists:
+		p.Detail = "The resource does not exist any more (it was deleted after you read it). GET it to confirm; to create it anew, send If-None-Match: * instead."
+	case outcome == precondition.FailedIfUnmodifiedSince && state.LastModified.IsZero():
+		p.Detail = "The resource has no Last-Modified date to compare If-Unmodified-Since with. GET it and send If-Match with its ETag instead."
+	case outcome == precondition.FailedIfMatch && state.ETag == "":
+		p.Detail = "The upstream sends no ETag for this resource, so If-Match cannot name its version. Use If-Unmodified-Since with its Last-Modified date instead."
+	default:
+		p.Detail = "The resource changed since you read it. GET it again, merge your change into the current version, and repeat the write with If-Match set to the new ETag."
+	}
+	return p
+}
+
+// lock waits for the resource's lock, at most LockTimeout.
+func (h *Handler) lock(ctx context.Context, key string) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(h.LockTimeout))
+	defer cancel()
+	return h.locks.Lock(ctx, key, 0)
+}
+
+// bufferBody replaces r.Body with an in-memory copy, at most MaxBody bytes.
+func (h *Handler) bufferBody(r *http.Request) error {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil
+	}
+	if r.ContentLength > h.MaxBody {
+		return &http.MaxBytesError{Limit: h.MaxBody}
+	}
+	size := r.ContentLength
+	if size < 0 {
+		size = 0
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size+1))
+	n, err := buf.ReadFrom(io.LimitReader(r.Body, h.MaxBody+1))
+	r.Body.Close()
+	if err != nil {
+		return err
+	}
+	if n > h.MaxBody {
+		return &http.MaxBytesError{Limit: h.MaxBody}
+	}
+	body := buf.Bytes()
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.ContentLength = int64(len(body))
+	return nil
+}
+
+// currentState returns the resource's current version: from the cache, or
+// from the upstream when the cache does not know it. A non-nil refusal means
+// the version could not be established and the write must not go on.
+func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (state precondition.State, fromCache bool, refusal func() error) {
+	if v, ok := h.cache.Get(key); ok {
+		return stateOf(v), true, nil
+	}
+	state, _, refusal = h.probeState(w, r, key, next)
+	return state, false, refusal
+}
+
+func stateOf(v etagcache.Version) precondition.State {
+	return precondition.State{Exists: v.Exists, ETag: v.ETag, LastModified: v.LastModified}
+}
+
+// record stores what the write's response says about the new version, or
+// forgets the resource's version when the response does not say.
+func (h *Handler) record(key, method string, rec *outcomeWriter, err error) {
+	status := rec.status
+	switch {
+	case err != nil || status < 200 || status >= 300:
+		h.cache.Forget(key)
+	case method == http.MethodDelete:
+		h.cache.Record(key, etagcache.Version{})
+	default:
+		v, _ := versionFromResponse(status, rec.etag, rec.lastModified)
+		if v.ETag == "" {
+			h.cache.Forget(key)
+			return
+		}
+		h.cache.Record(key, v)
+	}
+}
+
+// outcomeWriter remembers the status of the response it passes on.
+type outcomeWriter struct {
+	*caddyhttp.ResponseWriterWrapper
+	status int
+	// etag and lastModified are read when the header is written, before an
+	// outer handler (such as encode) can rewrite them.
+	etag, lastModified string
+}
+
+func (ow *outcomeWriter) WriteHeader(status int) {
+	if ow.status == 0 && status >= 200 {
+		ow.status = status
+		ow.etag = ow.Header().Get("Etag")
+		ow.lastModified = ow.Header().Get("Last-Modified")
+	}
+	ow.ResponseWriterWrapper.WriteHeader(status)
+}
+
+func (ow *outcomeWriter) Write(p []byte) (int, error) {
+	if ow.status == 0 {
+		ow.WriteHeader(http.StatusOK)
+	}
+	return ow.ResponseWriterWrapper.Write(p)
+}
+
+func (ow *outcomeWriter) ReadFrom(r io.Reader) (int64, error) {
+	if ow.status == 0 {
+		ow.WriteHeader(http.StatusOK)
+	}
+	return ow.ResponseWriterWrapper.ReadFrom(r)
+}
+
+func (h *Handler) logRejection(r *http.Request, outcome, field string) {
+	if c := h.logger.Check(zapcore.InfoLevel, "write rejected"); c != nil {
+		fields := []zap.Field{
+			zap.String("method", r.Method),
+			zap.String("path", r.URL.Path),
+			zap.String("outcome", outcome),
+		}
+		if sent := preconditionFields(r); sent != "" {
+			fields = append(fields, zap.String("preconditions", sent))
+		}
+		if field != "" {
+			fields = append(fields, zap.String("failed", field))
+		}
+		c.Write(fields...)
+	}
+}
+
+// preconditionFields lists the precondition header fields r carries, for logs.
+func preconditionFields(r *http.Request) string {
+	var present []string
+	for _, f := range [...]string{"If-Match", "If-None-Match", "If-Unmodified-Since"} {
+		if _, ok := r.Header[f]; ok {
+			present = append(present, f)
+		}
+	}
+	return strings.Join(present, ",")
+}

@@ -1,0 +1,242 @@
+// Package writeguard is a Caddy HTTP handler that stops lost updates in front
+// of backends that apply writes last-writer-wins. It requires preconditions
+// (If-Match, If-Unmodified-Since, If-None-Match) on writes, checks them
+// against the upstream's current version while holding a per-resource lock,
+// and forwards only the writes whose preconditions hold.
+package writeguard
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/writeguard/caddy-writeguard/etagcache"
+	"github.com/writeguard/caddy-writeguard/lockmgr"
+	"github.com/writeguard/caddy-writeguard/precondition"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+	httpcaddyfile.RegisterHandlerDirective("write_guard", parseCaddyfile)
+	httpcaddyfile.RegisterDirectiveOrder("write_guard", httpcaddyfile.Before, "reverse_proxy")
+}
+
+// Defaults of the handler's options.
+const (
+	DefaultLockTimeout = 30 * time.Second
+	DefaultCacheSize   = 1_000_000
+	DefaultCacheTTL    = 10 * time.Minute
+	DefaultMaxBody     = 10 << 20
+	defaultKey         = "{http.request.host}{http.request.uri.path}"
+)
+
+var defaultMethods = []string{http.MethodPut, http.MethodPatch, http.MethodDelete}
+
+// Handler enforces preconditions on writes before they reach the next
+// handler (normally reverse_proxy), so that a write based on an old version
+// of a resource is refused instead of silently overwriting a newer one.
+//
+// For every guarded request it parses If-Match, If-None-Match and
+// If-Unmodified-Since; refuses writes that carry none of them (428 by
+// default); waits for the resource's lock; looks up the resource's current
+// version in its cache, or asks the upstream with a HEAD (GET where HEAD is
+// refused) through the next handler; evaluates the preconditions as RFC 9110
+// section 13.2.2 prescribes (412 when they fail); forwards the write; and
+// records the version the upstream answered with before releasing the lock.
+// GET and HEAD responses passing through teach the cache the current
+// versions. Errors are application/problem+json (RFC 9457).
+type Handler struct {
+	// Methods that are guarded. Default: PUT, PATCH and DELETE.
+	Methods []string `json:"methods,omitempty"`
+
+	// Blind is what happens to a guarded request that carries no
+	// precondition at all: "428" answers 428 Precondition Required, "409"
+	// answers 409 Conflict, "allow" lets it through (still serialized by
+	// the resource's lock). Default: "428".
+	Blind string `json:"blind,omitempty"`
+
+	// ETagMatch selects how If-Match is compared with the current ETag.
+	// "default" accepts weak ETags (as emitted by Express and many
+	// frameworks) and strong ETags suffixed by Caddy's encode handler
+	// ("abc-gzip" for "abc"); "strict" is RFC 9110's strong comparison,
+	// under which a weak ETag never matches. Default: "default".
+	ETagMatch string `json:"etag_match,omitempty"`
+
+	// Key identifies the resource a request targets: requests with the same
+	// key share one lock and one cached version, across the whole server.
+	// Placeholders are expanded. Default:
+	// "{http.request.host}{http.request.uri.path}", with the host
+	// lower-cased and a port of 80 or 443 dropped.
+	Key string `json:"key,omitempty"`
+
+	// LockTimeout is how long a write may wait for another write to the
+	// same resource before it is answered 409 Conflict with Retry-After.
+	// Default: 30s.
+	LockTimeout caddy.Duration `json:"lock_timeout,omitempty"`
+
+	// CacheSize bounds the cache of upstream versions by number of
+	// resources. Default: 1000000 (when CacheBytes is not set).
+	CacheSize int64 `json:"cache_size,omitempty"`
+
+	// CacheBytes bounds the cache of upstream versions by approximate
+	// memory instead. Default: unset.
+	CacheBytes int64 `json:"cache_bytes,omitempty"`
+
+	// CacheTTL is how long a learned version is trusted. Default: 10m.
+	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
+
+	// MaxBody is the largest request body a guarded write may carry, in
+	// bytes. The body is read in full before the resource's lock is taken,
+	// so that a slow upload cannot hold the lock; larger bodies are answered
+	// 413. Default: 10485760 (10 MiB).
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	methods  map[string]struct{}
+	matching precondition.Matching
+	locks    *lockmgr.Manager
+	cache    *etagcache.Cache
+	poolKeys []string
+	logger   *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.write_guard",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the handler and attaches it to the process-wide locks
+// and version cache.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if len(h.Methods) == 0 {
+		h.Methods = defaultMethods
+	}
+	h.methods = make(map[string]struct{}, len(h.Methods))
+	for _, m := range h.Methods {
+		h.methods[strings.ToUpper(m)] = struct{}{}
+	}
+	if h.Blind == "" {
+		h.Blind = "428"
+	}
+	if h.ETagMatch == "strict" {
+		h.matching = precondition.Strict
+	}
+	if h.LockTimeout == 0 {
+		h.LockTimeout = caddy.Duration(DefaultLockTimeout)
+	}
+	if h.CacheSize == 0 && h.CacheBytes == 0 {
+		h.CacheSize = DefaultCacheSize
+	}
+	if h.CacheTTL == 0 {
+		h.CacheTTL = caddy.Duration(DefaultCacheTTL)
+	}
+	if h.MaxBody == 0 {
+		h.MaxBody = DefaultMaxBody
+	}
+	if h.Key == defaultKey {
+		h.Key = ""
+	}
+
+	shared, err := attachShared()
+	if err != nil {
+		return err
+	}
+	h.poolKeys = append(h.poolKeys, sharedPoolKey)
+	h.locks = shared.locks
+
+	cacheCfg := etagcache.Config{
+		MaxEntries:  h.CacheSize,
+		MaxBytes:    h.CacheBytes,
+		TTL:         time.Duration(h.CacheTTL),
+		Generations: shared.generations,
+	}
+	cache, key, err := attachCache(cacheCfg)
+	if err != nil {
+		return fmt.Errorf("write_guard cache: %v", err)
+	}
+	h.poolKeys = append(h.poolKeys, key)
+	h.cache = cache
+	return nil
+}
+
+// Validate rejects configurations that cannot guard anything.
+func (h *Handler) Validate() error {
+	for m := range h.methods {
+		switch m {
+		case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodConnect:
+			return fmt.Errorf("methods: %s is not a write and cannot be guarded", m)
+		}
+		if m == "" || strings.ContainsAny(m, " \t") {
+			return fmt.Errorf("methods: %q is not a method name", m)
+		}
+	}
+	switch h.Blind {
+	case "428", "409", "allow":
+	default:
+		return fmt.Errorf("blind: %q is not one of 428, 409, allow", h.Blind)
+	}
+	switch h.ETagMatch {
+	case "", "default", "strict":
+	default:
+		return fmt.Errorf("etag_match: %q is not one of default, strict", h.ETagMatch)
+	}
+	if h.LockTimeout < 0 {
+		return fmt.Errorf("lock_timeout must not be negative")
+	}
+	if h.CacheSize < 0 || h.CacheBytes < 0 {
+		return fmt.Errorf("cache size must not be negative")
+	}
+	if h.CacheSize > 0 && h.CacheBytes > 0 {
+		return fmt.Errorf("cache_size and cache_bytes are exclusive")
+	}
+	if h.CacheTTL < 0 {
+		return fmt.Errorf("cache_ttl must not be negative")
+	}
+	if h.MaxBody < 0 {
+		return fmt.Errorf("max_body must not be negative")
+	}
+	return nil
+}
+
+// Cleanup detaches the handler from the shared state; the state itself
+// lives on while another configuration (the one a reload brings) uses it.
+func (h *Handler) Cleanup() error {
+	for _, key := range h.poolKeys {
+		if _, err := pool.Delete(key); err != nil {
+			return err
+		}
+	}
+	h.poolKeys = nil
+	return nil
+}
+
+// ServeHTTP guards writes and learns versions from reads.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if _, ok := h.methods[r.Method]; ok {
+		return h.serveWrite(w, r, next)
+	}
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return h.serveRead(w, r, next)
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// Interface guards
+var (
+	_ caddy.Module                = (*Handler)(nil)
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)

@@ -1,0 +1,216 @@
+package precondition
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseList(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		lines []string
+		want  string // rendered list; "" means an error is expected
+	}{
+		{"star", []string{"*"}, "*"},
+		{"star with spaces", []string{"  *  "}, "*"},
+		{"one strong", []string{`"abc"`}, `"abc"`},
+		{"one weak", []string{`W/"abc"`}, `W/"abc"`},
+		{"empty opaque", []string{`""`}, `""`},
+		{"list", []string{`"a", W/"b" ,"c"`}, `"a", W/"b", "c"`},
+		{"several lines", []string{`"a"`, `"b", "c"`}, `"a", "b", "c"`},
+		{"empty elements", []string{`, "a",, "b" ,`}, `"a", "b"`},
+		{"comma inside tag", []string{`"a,b"`}, `"a,b"`},
+		{"obs-text", []string{"\"caf\xc3\xa9\""}, "\"caf\xc3\xa9\""},
+		{"unquoted", []string{`abc`}, ""},
+		{"lowercase weak prefix", []string{`w/"abc"`}, ""},
+		{"unterminated", []string{`"abc`}, ""},
+		{"space inside", []string{`"a b"`}, ""},
+		{"control char", []string{"\"a\x01\""}, ""},
+		{"missing comma", []string{`"a" "b"`}, ""},
+		{"star in list", []string{`*, "a"`}, ""},
+		{"star after tag", []string{`"a", *`}, ""},
+		{"star on two lines", []string{`*`, `*`}, ""},
+		{"star and tag on two lines", []string{`*`, `"a"`}, ""},
+		{"empty value", []string{""}, ""},
+		{"only commas", []string{" , ,"}, ""},
+		{"too many tags", []string{strings.Repeat(`"a",`, MaxTags+1)}, ""},
+		{"exactly max tags", []string{strings.TrimSuffix(strings.Repeat(`"a",`, MaxTags), ",")}, strings.TrimSuffix(strings.Repeat(`"a", `, MaxTags), ", ")},
+		{"too long", []string{`"` + strings.Repeat("x", MaxListBytes) + `"`}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := ParseList(tc.lines)
+			if tc.want == "" {
+				if err == nil {
+					t.Fatalf("ParseList(%q) = %q, want an error", tc.lines, l.String())
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParseList(%q): %v", tc.lines, err)
+			}
+			if got := l.String(); got != tc.want {
+				t.Errorf("ParseList(%q) = %q, want %q", tc.lines, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseETag(t *testing.T) {
+	for in, want := range map[string]string{
+		`"x"`:      `"x"`,
+		` W/"x" `:  `W/"x"`,
+		`x`:        "",
+		`"x", "y"`: "",
+		`W/`:       "",
+	} {
+		got, ok := ParseETag(in)
+		if (want == "") == ok || (ok && got.String() != want) {
+			t.Errorf("ParseETag(%q) = %q, %v; want %q", in, got.String(), ok, want)
+		}
+	}
+}
+
+func TestParse(t *testing.T) {
+	date := "Sun, 06 Nov 1994 08:49:37 GMT"
+	h := http.Header{}
+	h.Set("If-Unmodified-Since", date)
+	c, err := Parse(h)
+	if err != nil || c.IfUnmodifiedSince.IsZero() || c.Blind() {
+		t.Fatalf("valid If-Unmodified-Since: %+v, %v", c, err)
+	}
+
+	for _, bad := range []string{"yesterday", "Sun, 06 Nov 1994", ""} {
+		h := http.Header{"If-Unmodified-Since": {bad}}
+		c, err := Parse(h)
+		if err != nil {
+			t.Fatalf("invalid If-Unmodified-Since %q must be ignored, got %v", bad, err)
+		}
+		if !c.Blind() {
+			t.Errorf("a request whose only precondition is the invalid date %q must count as blind", bad)
+		}
+	}
+
+	// RFC 850 and asctime forms are HTTP dates too.
+	for _, d := range []string{"Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"} {
+		c, _ := Parse(http.Header{"If-Unmodified-Since": {d}})
+		if c.IfUnmodifiedSince.IsZero() {
+			t.Errorf("date %q not accepted", d)
+		}
+	}
+
+	if c, _ := Parse(http.Header{}); !c.Blind() {
+		t.Error("no header: want blind")
+	}
+	if c, _ := Parse(http.Header{"If-None-Match": {"*"}}); c.Blind() || !c.IfNoneMatch.Any {
+		t.Error("If-None-Match: * must count as a precondition")
+	}
+
+	_, err = Parse(http.Header{"If-Match": {"abc"}})
+	var he *HeaderError
+	if err == nil || !asHeaderError(err, &he) || he.Field != "If-Match" {
+		t.Errorf("unquoted If-Match: got %v, want a HeaderError for If-Match", err)
+	}
+	_, err = Parse(http.Header{"If-Match": {`"a"`}, "If-None-Match": {`*, "a"`}})
+	if err == nil || !asHeaderError(err, &he) || he.Field != "If-None-Match" {
+		t.Errorf("bad If-None-Match: got %v", err)
+	}
+}
+
+func asHeaderError(err error, target **HeaderError) bool {
+	he, ok := err.(*HeaderError)
+	*target = he
+	return ok
+}
+
+func TestMatching(t *testing.T) {
+	tag := func(s string) ETag {
+		e, ok := ParseETag(s)
+		if !ok {
+			t.Fatalf("bad tag %q", s)
+		}
+		return e
+	}
+	for _, tc := range []struct {
+		client, current string
+		lenient, strict bool
+	}{
+		{`"a"`, `"a"`, true, true},
+		{`"a"`, `"b"`, false, false},
+		{`W/"a"`, `W/"a"`, true, false},
+		{`"a"`, `W/"a"`, true, false},
+		{`W/"a"`, `"a"`, true, false},
+		{`W/"a"`, `W/"b"`, false, false},
+		{`"a-gzip"`, `"a"`, true, false},
+		{`"a-zstd"`, `"a"`, true, false},
+		{`"a-br"`, `"a"`, true, false},
+		{`"a-deflate"`, `"a"`, false, false},
+		{`"a-gzip"`, `W/"a"`, false, false},
+		{`W/"a-gzip"`, `"a"`, false, false},
+		{`"ab-gzip"`, `"a"`, false, false},
+		{`"a"`, `"a-gzip"`, false, false},
+		{`"-gzip"`, `""`, true, false},
+	} {
+		if got := Lenient.Match(tag(tc.client), tag(tc.current)); got != tc.lenient {
+			t.Errorf("Lenient.Match(%s, %s) = %v", tc.client, tc.current, got)
+		}
+		if got := Strict.Match(tag(tc.client), tag(tc.current)); got != tc.strict {
+			t.Errorf("Strict.Match(%s, %s) = %v", tc.client, tc.current, got)
+		}
+	}
+}
+
+func TestEvaluate(t *testing.T) {
+	lm := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	existing := State{Exists: true, ETag: `"v2"`, LastModified: lm}
+	weakOnly := State{Exists: true, ETag: `W/"v2"`}
+	noValidators := State{Exists: true}
+	absent := State{}
+	httpDate := func(t time.Time) string { return t.UTC().Format(http.TimeFormat) }
+
+	for _, tc := range []struct {
+		name   string
+		header http.Header
+		state  State
+		mode   Matching
+		want   Outcome
+	}{
+		{"if-match current", http.Header{"If-Match": {`"v2"`}}, existing, Lenient, Pass},
+		{"if-match old", http.Header{"If-Match": {`"v1"`}}, existing, Lenient, FailedIfMatch},
+		{"if-match one of list", http.Header{"If-Match": {`"v1", "v2"`}}, existing, Lenient, Pass},
+		{"if-match star exists", http.Header{"If-Match": {"*"}}, existing, Lenient, Pass},
+		{"if-match star absent", http.Header{"If-Match": {"*"}}, absent, Lenient, FailedIfMatch},
+		{"if-match tag absent", http.Header{"If-Match": {`"v2"`}}, absent, Lenient, FailedIfMatch},
+		{"if-match weak upstream lenient", http.Header{"If-Match": {`W/"v2"`}}, weakOnly, Lenient, Pass},
+		{"if-match weak upstream strict", http.Header{"If-Match": {`W/"v2"`}}, weakOnly, Strict, FailedIfMatch},
+		{"if-match encode suffix", http.Header{"If-Match": {`"v2-gzip"`}}, existing, Lenient, Pass},
+		{"if-match encode suffix strict", http.Header{"If-Match": {`"v2-gzip"`}}, existing, Strict, FailedIfMatch},
+		{"if-match no upstream tag", http.Header{"If-Match": {`"v2"`}}, noValidators, Lenient, FailedIfMatch},
+		{"if-match star no upstream tag", http.Header{"If-Match": {`*`}}, noValidators, Lenient, Pass},
+		{"if-match wins over ius", http.Header{"If-Match": {`"v2"`}, "If-Unmodified-Since": {httpDate(lm.Add(-time.Hour))}}, existing, Lenient, Pass},
+		{"ius not modified", http.Header{"If-Unmodified-Since": {httpDate(lm)}}, existing, Lenient, Pass},
+		{"ius subsecond lm", http.Header{"If-Unmodified-Since": {httpDate(lm)}}, State{Exists: true, LastModified: lm.Add(500 * time.Millisecond)}, Lenient, Pass},
+		{"ius modified", http.Header{"If-Unmodified-Since": {httpDate(lm.Add(-time.Second))}}, existing, Lenient, FailedIfUnmodifiedSince},
+		{"ius absent", http.Header{"If-Unmodified-Since": {httpDate(lm)}}, absent, Lenient, FailedIfUnmodifiedSince},
+		{"ius unknown lm", http.Header{"If-Unmodified-Since": {httpDate(lm)}}, State{Exists: true, ETag: `"v2"`}, Lenient, FailedIfUnmodifiedSince},
+		{"inm star absent", http.Header{"If-None-Match": {"*"}}, absent, Lenient, Pass},
+		{"inm star exists", http.Header{"If-None-Match": {"*"}}, existing, Lenient, FailedIfNoneMatch},
+		{"inm other tag", http.Header{"If-None-Match": {`"v1"`}}, existing, Lenient, Pass},
+		{"inm current tag", http.Header{"If-None-Match": {`"v1", W/"v2"`}}, existing, Lenient, FailedIfNoneMatch},
+		{"inm current tag strict uses weak comparison", http.Header{"If-None-Match": {`W/"v2"`}}, existing, Strict, FailedIfNoneMatch},
+		{"if-match passes then inm star fails", http.Header{"If-Match": {"*"}, "If-None-Match": {"*"}}, existing, Lenient, FailedIfNoneMatch},
+		{"if-match fails first", http.Header{"If-Match": {`"v1"`}, "If-None-Match": {"*"}}, existing, Lenient, FailedIfMatch},
+		{"ius fails before inm", http.Header{"If-Unmodified-Since": {httpDate(lm.Add(-time.Hour))}, "If-None-Match": {"*"}}, existing, Lenient, FailedIfUnmodifiedSince},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse(tc.header)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Evaluate(tc.state, tc.mode); got != tc.want {
+				t.Errorf("Evaluate = %v (%s), want %v (%s)", got, got.Field(), tc.want, tc.want.Field())
+			}
+		})
+	}
+}

@@ -1,0 +1,132 @@
+package writeguard
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/writeguard/caddy-writeguard/precondition"
+)
+
+// Header fields a probe must not carry: the probe asks for the plain current
+// representation, without a body and without conditions the upstream might
+// evaluate itself.
+var probeStripped = [...]string{
+	"If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "If-Range", "Range",
+	"Content-Length", "Content-Type", "Content-Encoding", "Content-Range", "Transfer-Encoding", "Expect",
+}
+
+// probeState asks the upstream for the resource's current version, through
+// the next handler so that it reaches exactly the upstream the write would,
+// with the client's own credentials. The answer is also taught to the cache.
+func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (precondition.State, bool, func() error) {
+	stamp := h.cache.Stamp(key)
+	resp, err := h.probe(r, http.MethodHead, next)
+	if err == nil && (resp.status == http.StatusMethodNotAllowed || resp.status == http.StatusNotImplemented) {
+		resp, err = h.probe(r, http.MethodGet, next)
+	}
+	if c := h.logger.Check(zapcore.DebugLevel, "probed upstream"); c != nil {
+		c.Write(zap.String("key", key), zap.Int("status", resp.status), zap.String("etag", resp.header.Get("Etag")), zap.Error(err))
+	}
+	if err == nil {
+		v, known := versionFromResponse(resp.status, resp.header.Get("Etag"), resp.header.Get("Last-Modified"))
+		switch {
+		case known:
+			h.cache.Learn(key, stamp, v)
+			return stateOf(v), true, nil
+		case resp.status >= 200 && resp.status < 300:
+			// It exists, but the upstream names no version.
+			return precondition.State{Exists: true}, true, nil
+		case resp.status == http.StatusUnauthorized || resp.status == http.StatusForbidden:
+			// The client may not read the resource: let it see why, exactly
+			// as the upstream said it.
+			return precondition.State{}, false, func() error { return resp.replay(w) }
+		}
+	}
+	detail := fmt.Sprintf("The upstream answered the version check with status %d, so the write's preconditions could not be checked and the write was not forwarded. Retry later.", resp.status)
+	if err != nil {
+		detail = "The upstream could not be reached to check the resource's current version, so the write was not forwarded. Retry later."
+	}
+	return precondition.State{}, false, func() error {
+		h.logRejection(r, "probe_failed", "")
+		return writeProblem(w, r, problem{
+			Type:   problemProbeFailed,
+			Title:  "Version check failed",
+			Status: http.StatusBadGateway,
+			Detail: detail,
+		})
+	}
+}
+
+// probeResponse is what the upstream answered a probe.
+type probeResponse struct {
+	status int
+	header http.Header
+	body   bytes.Buffer
+}
+
+// probeBodyLimit bounds what is kept of a probe's body: only an error page
+// passed on to the client (401, 403) is ever shown.
+const probeBodyLimit = 16 << 10
+
+func (h *Handler) probe(r *http.Request, method string, next caddyhttp.Handler) (*probeResponse, error) {
+	pr := r.Clone(r.Context())
+	pr.Method = method
+	pr.Body = http.NoBody
+	pr.GetBody = nil
+	pr.ContentLength = 0
+	pr.TransferEncoding = nil
+	for _, f := range probeStripped {
+		pr.Header.Del(f)
+	}
+	resp := &probeResponse{header: make(http.Header)}
+	err := next.ServeHTTP(&probeWriter{resp: resp}, pr)
+	if err == nil && resp.status == 0 {
+		resp.status = http.StatusOK
+	}
+	return resp, err
+}
+
+func (p *probeResponse) replay(w http.ResponseWriter) error {
+	hdr := w.Header()
+	for k, v := range p.header {
+		hdr[k] = v
+	}
+	hdr.Del("Content-Length")
+	w.WriteHeader(p.status)
+	_, err := w.Write(p.body.Bytes())
+	return err
+}
+
+// probeWriter captures a probe's response instead of sending it anywhere.
+type probeWriter struct {
+	resp        *probeResponse
+	wroteHeader bool
+}
+
+func (pw *probeWriter) Header() http.Header { return pw.resp.header }
+
+func (pw *probeWriter) WriteHeader(status int) {
+	if pw.wroteHeader || status < 200 {
+		return
+	}
+	pw.wroteHeader = true
+	pw.resp.status = status
+}
+
+func (pw *probeWriter) Write(p []byte) (int, error) {
+	if !pw.wroteHeader {
+		pw.WriteHeader(http.StatusOK)
+	}
+	if room := probeBodyLimit - pw.resp.body.Len(); room > 0 {
+		pw.resp.body.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+// Flush lets streaming upstream handlers flush; nothing is sent anyway.
+func (pw *probeWriter) Flush() {}

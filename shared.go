@@ -1,0 +1,69 @@
+package writeguard
+
+import (
+	"fmt"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/writeguard/caddy-writeguard/etagcache"
+	"github.com/writeguard/caddy-writeguard/lockmgr"
+)
+
+// pool holds the state that must outlive a config reload. During a reload
+// the old and the new configuration serve side by side: if each had its own
+// lock manager, two writes to one resource could pass at once.
+var pool = caddy.NewUsagePool()
+
+// The lock manager and the version stamps are one per process: every
+// handler in every configuration serializes on the same locks, and a write
+// recorded through any cache invalidates what the others hold for that key.
+const sharedPoolKey = "write_guard.shared"
+
+type sharedState struct {
+	locks       *lockmgr.Manager
+	generations *etagcache.Generations
+}
+
+func (*sharedState) Destruct() error { return nil }
+
+// generationStripes sizes the process-wide version stamps (8 bytes each).
+const generationStripes = 1 << 18
+
+func attachShared() (*sharedState, error) {
+	v, _, err := pool.LoadOrNew(sharedPoolKey, func() (caddy.Destructor, error) {
+		return &sharedState{
+			locks:       lockmgr.New(),
+			generations: etagcache.NewGenerations(generationStripes),
+		}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*sharedState), nil
+}
+
+type sharedCache struct{ *etagcache.Cache }
+
+// Destruct runs when no configuration uses the cache any more, so no request
+// can still reach it.
+func (c sharedCache) Destruct() error {
+	c.Close()
+	return nil
+}
+
+// attachCache returns the cache for cfg, shared by every handler with the
+// same cache settings, so a reload that keeps them keeps what was learned.
+func attachCache(cfg etagcache.Config) (*etagcache.Cache, string, error) {
+	key := fmt.Sprintf("write_guard.cache/%d/%d/%s", cfg.MaxEntries, cfg.MaxBytes, cfg.TTL)
+	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		c, err := etagcache.New(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return sharedCache{c}, nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return v.(sharedCache).Cache, key, nil
+}
