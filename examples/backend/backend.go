@@ -76,6 +76,17 @@ func (s *Store) Overlaps() int {
 	return s.overlap
 }
 
+// InFlight reports how many writes are being applied right now.
+func (s *Store) InFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.inFlight {
+		n += c
+	}
+	return n
+}
+
 // Writes reports how many writes were applied.
 func (s *Store) Writes() int {
 	s.mu.Lock()

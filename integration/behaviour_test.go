@@ -1,0 +1,375 @@
+package integration
+
+import (
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/writeguard/caddy-writeguard/examples/backend"
+)
+
+// oddUpstream answers version checks in the ways real upstreams do that the
+// guard must not mistake for a version.
+type oddUpstream struct {
+	mu     sync.Mutex
+	writes int
+}
+
+func (o *oddUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		o.mu.Lock()
+		o.writes++
+		o.mu.Unlock()
+		w.Header().Set("ETag", `"after-write"`)
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	switch r.URL.Path {
+	case "/odd/broken":
+		http.Error(w, "database on fire", http.StatusInternalServerError)
+	case "/odd/private":
+		if r.Header.Get("Authorization") != "Bearer letmein" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="notes"`)
+			http.Error(w, "who are you?", http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("ETag", `"p1"`)
+		w.WriteHeader(http.StatusOK)
+	case "/odd/nohead":
+		if r.Method == http.MethodHead {
+			w.Header().Set("Allow", "GET, PUT")
+			http.Error(w, "no HEAD here", http.StatusMethodNotAllowed)
+			return
+		}
+		w.Header().Set("ETag", `"g1"`)
+		w.Write([]byte("hello"))
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (o *oddUpstream) count() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.writes
+}
+
+// TestBehaviourTable walks through every row of the README's table of
+// which request gets which status.
+func TestBehaviourTable(t *testing.T) {
+	big := `{"note":"` + strings.Repeat("lorem ipsum ", 100) + `"}`
+	main := newStore(map[string]string{
+		"/notes/1": `{"v":1}`, "/notes/2": `{"v":1}`, "/notes/3": `{"v":1}`,
+		"/gz/doc": big, "/conflict/1": "x", "/open/1": "x", "/small/1": "x",
+	})
+	weak := newStore(map[string]string{"/weak/1": "w", "/strict/1": "s"})
+	weak.ETags = backend.WeakETags
+	slow := newStore(map[string]string{"/slow/1": "s"})
+	slow.WriteDelay = 1500 * time.Millisecond
+	odd := &oddUpstream{}
+
+	mainAddr, weakAddr, slowAddr, oddAddr := startBackend(t, main), startBackend(t, weak), startBackend(t, slow), startBackend(t, odd)
+	tester := startCaddy(t, fmtSite(`
+	handle /weak/* {
+		write_guard
+		reverse_proxy %[2]s
+	}
+	handle /strict/* {
+		write_guard {
+			etag_match strict
+		}
+		reverse_proxy %[2]s
+	}
+	handle /gz/* {
+		encode gzip
+		write_guard
+		reverse_proxy %[1]s
+	}
+	handle /conflict/* {
+		write_guard {
+			blind 409
+		}
+		reverse_proxy %[1]s
+	}
+	handle /open/* {
+		write_guard {
+			blind allow
+		}
+		reverse_proxy %[1]s
+	}
+	handle /small/* {
+		write_guard {
+			max_body 16
+		}
+		reverse_proxy %[1]s
+	}
+	handle /slow/* {
+		write_guard {
+			lock_timeout 300ms
+		}
+		reverse_proxy %[3]s
+	}
+	handle /odd/* {
+		write_guard
+		reverse_proxy %[4]s
+	}
+	handle {
+		write_guard
+		reverse_proxy %[1]s
+	}`, mainAddr, weakAddr, slowAddr, oddAddr))
+	c := tester.Client
+
+	etagOf := func(path string, headers ...string) string {
+		t.Helper()
+		r := do(t, c, "GET", path, "", headers...)
+		if r.status != 200 || r.header.Get("ETag") == "" {
+			t.Fatalf("GET %s: %d, ETag %q", path, r.status, r.header.Get("ETag"))
+		}
+		return r.header.Get("ETag")
+	}
+	expectProblem := func(r response, status int, typ string) problemBody {
+		t.Helper()
+		if r.status != status {
+			t.Fatalf("status %d, want %d; body %s", r.status, status, r.body)
+		}
+		p := problemOf(t, r)
+		if !strings.HasSuffix(p.Type, "#"+typ) {
+			t.Fatalf("problem type %q, want …#%s", p.Type, typ)
+		}
+		return p
+	}
+
+	t.Run("reads pass through untouched", func(t *testing.T) {
+		r := do(t, c, "GET", "/notes/1", "")
+		if r.status != 200 || r.body != `{"v":1}` || r.header.Get("ETag") != main.ETagOf([]byte(`{"v":1}`)) {
+			t.Fatalf("GET: %d %q %q", r.status, r.body, r.header.Get("ETag"))
+		}
+		if r := do(t, c, "GET", "/notes/none", ""); r.status != 404 {
+			t.Fatalf("GET missing: %d", r.status)
+		}
+		if r := do(t, c, "POST", "/notes/1", "x"); r.status != 405 {
+			t.Fatalf("unguarded POST must reach the backend: %d", r.status)
+		}
+	})
+
+	t.Run("blind write gets 428", func(t *testing.T) {
+		r := do(t, c, "PUT", "/notes/1", `{"v":2}`)
+		p := expectProblem(r, 428, "precondition-required")
+		if !strings.Contains(p.Detail, "If-Match") || p.Instance != "/notes/1" {
+			t.Fatalf("428 problem must say what to send: %+v", p)
+		}
+		if mustBody(t, main, "/notes/1") != `{"v":1}` {
+			t.Fatal("a blind write reached the backend")
+		}
+		expectProblem(do(t, c, "DELETE", "/notes/1", ""), 428, "precondition-required")
+		expectProblem(do(t, c, "PATCH", "/notes/1", `{"a":1}`), 428, "precondition-required")
+	})
+
+	t.Run("blind 409", func(t *testing.T) {
+		expectProblem(do(t, c, "PUT", "/conflict/1", "y"), 409, "precondition-required")
+		if mustBody(t, main, "/conflict/1") != "x" {
+			t.Fatal("a blind write reached the backend")
+		}
+	})
+
+	t.Run("blind allow", func(t *testing.T) {
+		if r := do(t, c, "PUT", "/open/1", "y"); r.status != 200 || mustBody(t, main, "/open/1") != "y" {
+			t.Fatalf("blind allow: %d", r.status)
+		}
+	})
+
+	t.Run("if-match current version is forwarded", func(t *testing.T) {
+		tag := etagOf("/notes/1")
+		r := do(t, c, "PUT", "/notes/1", `{"v":2}`, "If-Match: "+tag)
+		if r.status != 200 || mustBody(t, main, "/notes/1") != `{"v":2}` {
+			t.Fatalf("PUT: %d %s", r.status, r.body)
+		}
+		// The old tag is now stale: the guard knows it from the write's answer.
+		r = do(t, c, "PUT", "/notes/1", `{"v":3}`, "If-Match: "+tag)
+		p := expectProblem(r, 412, "precondition-failed")
+		if p.Header != "If-Match" || !strings.Contains(p.Detail, "GET it again") {
+			t.Fatalf("412 problem: %+v", p)
+		}
+		if mustBody(t, main, "/notes/1") != `{"v":2}` {
+			t.Fatal("a stale write reached the backend")
+		}
+		// The new tag, taken from the write's own response, chains.
+		next := main.ETagOf([]byte(`{"v":2}`))
+		if r := do(t, c, "PUT", "/notes/1", `{"v":3}`, "If-Match: "+next); r.status != 200 {
+			t.Fatalf("chained PUT: %d %s", r.status, r.body)
+		}
+	})
+
+	t.Run("if-match on a resource never read probes the upstream", func(t *testing.T) {
+		tag := main.ETagOf([]byte(`{"v":1}`))
+		if r := do(t, c, "PATCH", "/notes/2", `{"w":2}`, "If-Match: "+tag); r.status != 200 {
+			t.Fatalf("PATCH: %d %s", r.status, r.body)
+		}
+		if got := mustBody(t, main, "/notes/2"); got != `{"v":1,"w":2}` {
+			t.Fatalf("PATCH applied as %s", got)
+		}
+		expectProblem(do(t, c, "PATCH", "/notes/2", `{"w":3}`, `If-Match: "nope"`), 412, "precondition-failed")
+	})
+
+	t.Run("a change behind the proxy's back is confirmed before refusing", func(t *testing.T) {
+		etagOf("/notes/3") // the guard learns v1
+		main.Put("/notes/3", []byte(`{"v":"direct"}`))
+		tag := main.ETagOf([]byte(`{"v":"direct"}`))
+		if r := do(t, c, "PUT", "/notes/3", `{"v":4}`, "If-Match: "+tag); r.status != 200 {
+			t.Fatalf("PUT with the backend's real current tag: %d %s", r.status, r.body)
+		}
+	})
+
+	t.Run("malformed if-match gets 400", func(t *testing.T) {
+		for _, v := range []string{`abc`, `*, "a"`, `"unterminated`, `W/abc`} {
+			p := expectProblem(do(t, c, "PUT", "/notes/1", "x", "If-Match: "+v), 400, "invalid-precondition")
+			if p.Header != "If-Match" {
+				t.Fatalf("400 problem for %q: %+v", v, p)
+			}
+		}
+		expectProblem(do(t, c, "PUT", "/notes/1", "x", "If-None-Match: a"), 400, "invalid-precondition")
+	})
+
+	t.Run("if-none-match star creates only", func(t *testing.T) {
+		if r := do(t, c, "PUT", "/notes/new", "fresh", "If-None-Match: *"); r.status != 201 {
+			t.Fatalf("create: %d %s", r.status, r.body)
+		}
+		p := expectProblem(do(t, c, "PUT", "/notes/new", "again", "If-None-Match: *"), 412, "precondition-failed")
+		if p.Header != "If-None-Match" || mustBody(t, main, "/notes/new") != "fresh" {
+			t.Fatalf("second create: %+v", p)
+		}
+	})
+
+	t.Run("if-match star needs an existing resource", func(t *testing.T) {
+		expectProblem(do(t, c, "PUT", "/notes/ghost", "x", "If-Match: *"), 412, "precondition-failed")
+		if _, ok := main.Get("/notes/ghost"); ok {
+			t.Fatal("If-Match: * created a resource")
+		}
+		if r := do(t, c, "PUT", "/notes/new", "updated", "If-Match: *"); r.status != 200 {
+			t.Fatalf("If-Match: * on existing: %d", r.status)
+		}
+	})
+
+	t.Run("delete then stale write", func(t *testing.T) {
+		tag := etagOf("/notes/new")
+		if r := do(t, c, "DELETE", "/notes/new", "", "If-Match: "+tag); r.status != 204 {
+			t.Fatalf("DELETE: %d %s", r.status, r.body)
+		}
+		p := expectProblem(do(t, c, "PUT", "/notes/new", "zombie", "If-Match: "+tag), 412, "precondition-failed")
+		if !strings.Contains(p.Detail, "does not exist") {
+			t.Fatalf("412 after delete: %+v", p)
+		}
+		if _, ok := main.Get("/notes/new"); ok {
+			t.Fatal("a write resurrected a deleted resource")
+		}
+	})
+
+	t.Run("if-unmodified-since", func(t *testing.T) {
+		r := do(t, c, "GET", "/notes/2", "")
+		lm := r.header.Get("Last-Modified")
+		if do(t, c, "PUT", "/notes/2", "y", "If-Unmodified-Since: Mon, 01 Jan 2001 00:00:00 GMT").status != 412 {
+			t.Fatal("old date must fail")
+		}
+		if r := do(t, c, "PUT", "/notes/2", "y", "If-Unmodified-Since: "+lm); r.status != 200 {
+			t.Fatalf("current date: %d %s", r.status, r.body)
+		}
+		// An invalid date is ignored, which leaves the write blind.
+		expectProblem(do(t, c, "PUT", "/notes/2", "z", "If-Unmodified-Since: yesterday"), 428, "precondition-required")
+	})
+
+	t.Run("weak etags work by default", func(t *testing.T) {
+		tag := etagOf("/weak/1")
+		if !strings.HasPrefix(tag, "W/") {
+			t.Fatalf("backend sent %q", tag)
+		}
+		if r := do(t, c, "PUT", "/weak/1", "w2", "If-Match: "+tag); r.status != 200 {
+			t.Fatalf("weak If-Match: %d %s", r.status, r.body)
+		}
+		expectProblem(do(t, c, "PUT", "/weak/1", "w3", "If-Match: "+tag), 412, "precondition-failed")
+	})
+
+	t.Run("etag_match strict refuses weak tags", func(t *testing.T) {
+		tag := etagOf("/strict/1")
+		expectProblem(do(t, c, "PUT", "/strict/1", "s2", "If-Match: "+tag), 412, "precondition-failed")
+		if mustBody(t, weak, "/strict/1") != "s" {
+			t.Fatal("strict mode forwarded a weak match")
+		}
+	})
+
+	t.Run("tags suffixed by encode match", func(t *testing.T) {
+		tag := etagOf("/gz/doc", "Accept-Encoding: gzip")
+		if !strings.HasSuffix(tag, `-gzip"`) {
+			t.Fatalf("encode did not suffix the ETag: %q", tag)
+		}
+		if r := do(t, c, "PUT", "/gz/doc", big+" ", "If-Match: "+tag); r.status != 200 {
+			t.Fatalf("PUT with encode's tag: %d %s", r.status, r.body)
+		}
+		expectProblem(do(t, c, "PUT", "/gz/doc", big, "If-Match: "+tag), 412, "precondition-failed")
+	})
+
+	t.Run("body over max_body gets 413", func(t *testing.T) {
+		expectProblem(do(t, c, "PUT", "/small/1", strings.Repeat("x", 17), "If-Match: *"), 413, "body-too-large")
+		if mustBody(t, main, "/small/1") != "x" {
+			t.Fatal("an oversized write reached the backend")
+		}
+		if r := do(t, c, "PUT", "/small/1", strings.Repeat("y", 16), "If-Match: *"); r.status != 200 {
+			t.Fatalf("body at the limit: %d %s", r.status, r.body)
+		}
+	})
+
+	t.Run("lock timeout gets 409 with Retry-After", func(t *testing.T) {
+		done := make(chan response)
+		go func() { done <- do(t, c, "PUT", "/slow/1", "first", "If-Match: *") }()
+		deadline := time.Now().Add(5 * time.Second)
+		for slow.Writes() == 0 && !inFlight(slow) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		r := do(t, c, "PUT", "/slow/1", "second", "If-Match: *")
+		p := expectProblem(r, 409, "resource-busy")
+		if r.header.Get("Retry-After") == "" {
+			t.Fatalf("409 without Retry-After: %+v", p)
+		}
+		if first := <-done; first.status != 200 {
+			t.Fatalf("first write: %d", first.status)
+		}
+		if mustBody(t, slow, "/slow/1") != "first" {
+			t.Fatal("the timed-out write reached the backend")
+		}
+	})
+
+	t.Run("probe failure is 502 and the write is not forwarded", func(t *testing.T) {
+		expectProblem(do(t, c, "PUT", "/odd/broken", "x", `If-Match: "a"`), 502, "probe-failed")
+		if odd.count() != 0 {
+			t.Fatal("a write whose version could not be checked was forwarded")
+		}
+	})
+
+	t.Run("401 from the probe is passed on", func(t *testing.T) {
+		r := do(t, c, "PUT", "/odd/private", "x", `If-Match: "p1"`)
+		if r.status != 401 || r.header.Get("WWW-Authenticate") == "" {
+			t.Fatalf("unauthorized probe: %d %v", r.status, r.header)
+		}
+		if odd.count() != 0 {
+			t.Fatal("forwarded")
+		}
+		if r := do(t, c, "PUT", "/odd/private", "x", `If-Match: "p1"`, "Authorization: Bearer letmein"); r.status != 200 {
+			t.Fatalf("the probe must carry the client's credentials: %d %s", r.status, r.body)
+		}
+	})
+
+	t.Run("HEAD refused falls back to GET", func(t *testing.T) {
+		before := odd.count()
+		if r := do(t, c, "PUT", "/odd/nohead", "x", `If-Match: "g1"`); r.status != 200 {
+			t.Fatalf("PUT: %d %s", r.status, r.body)
+		}
+		if odd.count() != before+1 {
+			t.Fatal("not forwarded")
+		}
+	})
+}
+
+// inFlight reports whether a write is being applied (the store counts
+// writes only when they finish).
+func inFlight(s *backend.Store) bool { return s.InFlight() > 0 }

@@ -1,0 +1,129 @@
+// Package integration runs write_guard inside a real Caddy, in front of real
+// backends on loopback.
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	_ "github.com/writeguard/caddy-writeguard"
+	"github.com/writeguard/caddy-writeguard/examples/backend"
+)
+
+// caddyBase is where the site under test listens.
+const caddyBase = "http://localhost:9080"
+
+// globalOptions point Caddy at the ports caddytest expects.
+const globalOptions = `{
+	skip_install_trust
+	admin localhost:2999
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+}
+`
+
+// startBackend serves store on loopback until the test ends. It must start
+// before the Caddy config that points at it is loaded.
+func startBackend(t *testing.T, h http.Handler) string {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// startCaddy loads a Caddyfile site block (given without its address) into
+// the in-process Caddy.
+func startCaddy(t *testing.T, site string) *caddytest.Tester {
+	t.Helper()
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{TestRequestTimeout: 30 * time.Second})
+	tester.InitServer(globalOptions+":9080 {\n"+site+"\n}\n", "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	return tester
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   string
+}
+
+// do sends one request to Caddy; headers are "Name: value" pairs.
+func do(t testing.TB, client *http.Client, method, path, body string, headers ...string) response {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, caddyBase+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range headers {
+		name, value, _ := strings.Cut(h, ":")
+		req.Header.Add(name, strings.TrimSpace(value))
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return response{status: resp.StatusCode, header: resp.Header, body: string(b)}
+}
+
+type problemBody struct {
+	Type     string `json:"type"`
+	Title    string `json:"title"`
+	Status   int    `json:"status"`
+	Detail   string `json:"detail"`
+	Instance string `json:"instance"`
+	Header   string `json:"header"`
+}
+
+// problemOf decodes and sanity-checks an RFC 9457 body.
+func problemOf(t testing.TB, r response) problemBody {
+	t.Helper()
+	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Fatalf("status %d: Content-Type %q, want application/problem+json; body %q", r.status, ct, r.body)
+	}
+	var p problemBody
+	if err := json.Unmarshal([]byte(r.body), &p); err != nil {
+		t.Fatalf("problem body %q: %v", r.body, err)
+	}
+	if p.Status != r.status || p.Type == "" || p.Title == "" || p.Detail == "" {
+		t.Fatalf("incomplete problem body %q for status %d", r.body, r.status)
+	}
+	return p
+}
+
+func newStore(docs map[string]string) *backend.Store {
+	s := backend.New()
+	for path, body := range docs {
+		s.Put(path, []byte(body))
+	}
+	return s
+}
+
+func mustBody(t testing.TB, s *backend.Store, path string) string {
+	t.Helper()
+	b, ok := s.Get(path)
+	if !ok {
+		t.Fatalf("backend has no %s", path)
+	}
+	return string(b)
+}
+
+func httpDate(t time.Time) string { return t.UTC().Format(http.TimeFormat) }
+
+func fmtSite(format string, args ...any) string { return fmt.Sprintf(format, args...) }
