@@ -146,6 +146,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Key == defaultKey {
 		h.Key = ""
 	}
+	// Check before building anything: a bad option should be reported as
+	// such, not as whatever failed while acting on it.
+	if err := h.Validate(); err != nil {
+		return err
+	}
 
 	shared, err := attachShared()
 	if err != nil {
@@ -169,7 +174,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Validate rejects configurations that cannot guard anything.
+// Validate rejects configurations that cannot guard anything. Provision
+// calls it too, before it builds any state from the options.
 func (h *Handler) Validate() error {
 	for m := range h.methods {
 		switch m {

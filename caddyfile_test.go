@@ -1,0 +1,114 @@
+package writeguard
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		input string
+		want  Handler
+		err   string
+	}{
+		{name: "bare", input: `write_guard`, want: Handler{}},
+		{name: "empty block", input: "write_guard {\n}", want: Handler{}},
+		{
+			name: "every option",
+			input: `write_guard {
+				methods put PATCH delete POST
+				blind 409
+				etag_match strict
+				key {http.request.host}{http.request.uri}
+				lock_timeout 5s
+				cache_size 5000
+				cache_ttl 2m
+				max_body 1MiB
+			}`,
+			want: Handler{
+				Methods:     []string{"PUT", "PATCH", "DELETE", "POST"},
+				Blind:       "409",
+				ETagMatch:   "strict",
+				Key:         "{http.request.host}{http.request.uri}",
+				LockTimeout: caddy.Duration(5 * time.Second),
+				CacheSize:   5000,
+				CacheTTL:    caddy.Duration(2 * time.Minute),
+				MaxBody:     1 << 20,
+			},
+		},
+		{name: "cache size in bytes", input: "write_guard {\ncache_size 64MiB\n}", want: Handler{CacheBytes: 64 << 20}},
+		{name: "blind allow", input: "write_guard {\nblind allow\n}", want: Handler{Blind: "allow"}},
+		{name: "etag_match default", input: "write_guard {\netag_match default\n}", want: Handler{}},
+		{name: "argument on directive", input: `write_guard foo`, err: "wrong argument count"},
+		{name: "unknown option", input: "write_guard {\nblindly 428\n}", err: `unrecognized subdirective "blindly"`},
+		{name: "option twice", input: "write_guard {\nblind 409\nblind 428\n}", err: "blind given twice"},
+		{name: "bad blind", input: "write_guard {\nblind 403\n}", err: "not one of 428, 409, allow"},
+		{name: "bad etag_match", input: "write_guard {\netag_match weak\n}", err: "not one of default, strict"},
+		{name: "no methods", input: "write_guard {\nmethods\n}", err: "wrong argument count"},
+		{name: "missing key", input: "write_guard {\nkey\n}", err: "wrong argument count"},
+		{name: "extra argument", input: "write_guard {\nlock_timeout 5s 6s\n}", err: "wrong argument count"},
+		{name: "bad duration", input: "write_guard {\nlock_timeout soon\n}", err: "not a positive duration"},
+		{name: "zero duration", input: "write_guard {\ncache_ttl 0s\n}", err: "not a positive duration"},
+		{name: "bad cache size", input: "write_guard {\ncache_size lots\n}", err: "neither a number of entries nor a size"},
+		{name: "negative cache size", input: "write_guard {\ncache_size -5\n}", err: "must be positive"},
+		{name: "bad max_body", input: "write_guard {\nmax_body huge\n}", err: "not a size"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("got error %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(h, tc.want) {
+				t.Errorf("got %+v\nwant %+v", h, tc.want)
+			}
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		h    Handler
+		err  string
+	}{
+		{name: "defaults", h: Handler{}},
+		{name: "GET is not a write", h: Handler{Methods: []string{"PUT", "get"}}, err: "GET is not a write"},
+		{name: "bad blind in JSON", h: Handler{Blind: "teapot"}, err: "blind"},
+		{name: "bad etag_match in JSON", h: Handler{ETagMatch: "weak"}, err: "etag_match"},
+		{name: "both cache bounds", h: Handler{CacheSize: 5000, CacheBytes: 1 << 20}, err: "exclusive"},
+		{name: "negative max_body", h: Handler{MaxBody: -1}, err: "max_body"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := tc.h
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
+			defer cancel()
+			err := h.Provision(ctx)
+			if err == nil {
+				err = h.Validate()
+			}
+			defer h.Cleanup()
+			if tc.err == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.err)
+			}
+		})
+	}
+}

@@ -1,0 +1,303 @@
+package writeguard
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/writeguard/caddy-writeguard/examples/backend"
+)
+
+// newTestHandler provisions a handler as Caddy would.
+func newTestHandler(t *testing.T, h *Handler) *Handler {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if h.CacheSize == 0 && h.CacheBytes == 0 {
+		h.CacheSize = 10_000
+	}
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Cleanup() })
+	return h
+}
+
+func serve(t *testing.T, h *Handler, next caddyhttp.Handler, method, target, body string, headers ...string) *httptest.ResponseRecorder {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req := httptest.NewRequest(method, "http://example.com"+target, rd)
+	for _, hdr := range headers {
+		name, value, _ := strings.Cut(hdr, ":")
+		req.Header.Add(name, strings.TrimSpace(value))
+	}
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, req, next); err != nil {
+		if he, ok := err.(caddyhttp.HandlerError); ok {
+			w.Code = he.StatusCode
+		} else {
+			t.Fatalf("%s %s: %v", method, target, err)
+		}
+	}
+	return w
+}
+
+func storeHandler(s *backend.Store) caddyhttp.Handler {
+	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		s.ServeHTTP(w, r)
+		return nil
+	})
+}
+
+// A GET that was answered before a write but passes the guard after the
+// write recorded its version must not put the old version back.
+func TestReadOvertakenByWriteIsNotLearned(t *testing.T) {
+	store := backend.New()
+	store.Put("/doc", []byte("v1"))
+	h := newTestHandler(t, &Handler{})
+	oldTag := store.ETagOf([]byte("v1"))
+
+	answered, release := make(chan struct{}), make(chan struct{})
+	slowRead := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		// Take the upstream's answer now, deliver it later.
+		rec := httptest.NewRecorder()
+		store.ServeHTTP(rec, r)
+		close(answered)
+		<-release
+		for k, v := range rec.Header() {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(rec.Code)
+		_, err := w.Write(rec.Body.Bytes())
+		return err
+	})
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		serve(t, h, slowRead, "GET", "/doc", "")
+	}()
+	<-answered
+
+	if w := serve(t, h, storeHandler(store), "PUT", "/doc", "v2", "If-Match: "+oldTag); w.Code != 200 {
+		t.Fatalf("PUT: %d %s", w.Code, w.Body)
+	}
+	close(release)
+	<-readDone
+	h.cache.Wait()
+
+	// Were the slow read's v1 learned, this write would pass on the
+	// cache's word alone and overwrite v2.
+	if w := serve(t, h, storeHandler(store), "PUT", "/doc", "v3", "If-Match: "+oldTag); w.Code != http.StatusPreconditionFailed {
+		t.Fatalf("stale write after an overtaken read: %d %s", w.Code, w.Body)
+	}
+	if got, _ := store.Get("/doc"); string(got) != "v2" {
+		t.Fatalf("backend holds %q", got)
+	}
+}
+
+// countProbes wraps next and counts the HEAD/GET requests it sees.
+func countProbes(next caddyhttp.Handler) (caddyhttp.Handler, *int) {
+	var mu sync.Mutex
+	n := new(int)
+	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method == http.MethodHead || r.Method == http.MethodGet {
+			mu.Lock()
+			*n++
+			mu.Unlock()
+		}
+		return next.ServeHTTP(w, r)
+	}), n
+}
+
+func TestWriteRecordsVersionAndSkipsProbe(t *testing.T) {
+	store := backend.New()
+	store.Put("/doc", []byte("v1"))
+	h := newTestHandler(t, &Handler{})
+	next, probes := countProbes(storeHandler(store))
+
+	serve(t, h, next, "GET", "/doc", "")
+	h.cache.Wait() // ristretto applies sets of new keys asynchronously
+	if w := serve(t, h, next, "PUT", "/doc", "v2", "If-Match: "+store.ETagOf([]byte("v1"))); w.Code != 200 {
+		t.Fatalf("PUT: %d", w.Code)
+	}
+	h.cache.Wait()
+	if w := serve(t, h, next, "PUT", "/doc", "v3", "If-Match: "+store.ETagOf([]byte("v2"))); w.Code != 200 {
+		t.Fatalf("chained PUT: %d", w.Code)
+	}
+	if *probes != 1 {
+		t.Errorf("%d upstream reads, want only the client's GET: the cache must answer for learned and written versions", *probes)
+	}
+}
+
+func TestProbeIsAPlainHead(t *testing.T) {
+	var seen *http.Request
+	var body []byte
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method == http.MethodHead {
+			seen = r
+			body, _ = io.ReadAll(r.Body)
+			w.Header().Set("ETag", `"cur"`)
+			return nil
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
+	h := newTestHandler(t, &Handler{})
+	w := serve(t, h, next, "PUT", "/doc", "payload", `If-Match: "cur"`, "Authorization: Bearer x", "Cookie: s=1",
+		"Content-Type: text/plain", "Expect: 100-continue", "If-Unmodified-Since: Mon, 01 Jan 2001 00:00:00 GMT")
+	if w.Code != http.StatusNoContent {
+		t.Fatalf("PUT: %d %s", w.Code, w.Body)
+	}
+	if seen == nil {
+		t.Fatal("no probe")
+	}
+	for _, f := range []string{"If-Match", "If-Unmodified-Since", "Content-Type", "Expect"} {
+		if seen.Header.Get(f) != "" {
+			t.Errorf("probe carried %s", f)
+		}
+	}
+	if seen.Header.Get("Authorization") == "" || seen.Header.Get("Cookie") == "" {
+		t.Error("probe must carry the client's credentials")
+	}
+	if len(body) != 0 || seen.ContentLength != 0 {
+		t.Errorf("probe carried a body: %q", body)
+	}
+}
+
+func TestPanicInNextReleasesLockAndForgets(t *testing.T) {
+	store := backend.New()
+	store.Put("/doc", []byte("v1"))
+	h := newTestHandler(t, &Handler{})
+	tag := store.ETagOf([]byte("v1"))
+	serve(t, h, storeHandler(store), "GET", "/doc", "")
+	h.cache.Wait()
+
+	boom := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method == http.MethodPut {
+			store.ServeHTTP(httptest.NewRecorder(), r) // applied, then the handler dies
+			panic("upstream handler crashed")
+		}
+		store.ServeHTTP(w, r)
+		return nil
+	})
+	func() {
+		defer func() { recover() }()
+		serve(t, h, boom, "PUT", "/doc", "v2", "If-Match: "+tag)
+	}()
+	if n := h.locks.Len(); n != 0 {
+		t.Fatalf("%d lock entries left after a panic", n)
+	}
+	// The write was applied but its outcome never recorded: the guard must
+	// not go on believing v1 is current.
+	if w := serve(t, h, storeHandler(store), "PUT", "/doc", "v3", "If-Match: "+tag); w.Code != http.StatusPreconditionFailed {
+		t.Fatalf("write with the pre-panic tag: %d", w.Code)
+	}
+}
+
+func TestBodyIsReadBeforeTheLock(t *testing.T) {
+	store := backend.New()
+	store.Put("/doc", []byte("v1"))
+	h := newTestHandler(t, &Handler{Blind: "allow"})
+
+	pr, pw := io.Pipe()
+	slow := httptest.NewRequest("PUT", "http://example.com/doc", pr)
+	slowDone := make(chan int)
+	go func() {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, slow, storeHandler(store))
+		slowDone <- w.Code
+	}()
+	pw.Write([]byte("partial"))
+
+	fast := make(chan int)
+	go func() { fast <- serve(t, h, storeHandler(store), "PUT", "/doc", "quick").Code }()
+	select {
+	case code := <-fast:
+		if code != 200 {
+			t.Fatalf("fast write: %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write waited for another client's upload")
+	}
+	pw.Write([]byte(" rest"))
+	pw.Close()
+	if code := <-slowDone; code != 200 {
+		t.Fatalf("slow write: %d", code)
+	}
+	if got, _ := store.Get("/doc"); string(got) != "partial rest" {
+		t.Fatalf("backend holds %q", got)
+	}
+}
+
+func TestClientLeavingWhileQueuedFreesItsPlace(t *testing.T) {
+	store := backend.New()
+	h := newTestHandler(t, &Handler{Blind: "allow"})
+	entered, release := make(chan struct{}), make(chan struct{})
+	holding := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		close(entered)
+		<-release
+		store.ServeHTTP(w, r)
+		return nil
+	})
+	go serve(t, h, holding, "PUT", "/doc", "first")
+	<-entered
+
+	ctx, cancel := context.WithCancel(context.Background())
+	req := httptest.NewRequest("PUT", "http://example.com/doc", strings.NewReader("second")).WithContext(ctx)
+	errc := make(chan error)
+	go func() { errc <- h.ServeHTTP(httptest.NewRecorder(), req, storeHandler(store)) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for h.locks.Waiting() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	select {
+	case <-errc:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a client that left kept waiting")
+	}
+	if n := h.locks.Waiting(); n != 0 {
+		t.Fatalf("%d waiters after the client left", n)
+	}
+	close(release)
+}
+
+func TestResourceKey(t *testing.T) {
+	h := &Handler{}
+	for target, want := range map[string]string{
+		"http://Example.COM/a/b":      "example.com/a/b",
+		"http://example.com:80/a":     "example.com/a",
+		"https://example.com:443/a":   "example.com/a",
+		"http://example.com:8080/a":   "example.com:8080/a",
+		"http://example.com/a?x=1":    "example.com/a",
+		"http://[::1]:443/a":          "[::1]/a",
+		"http://example.com/Case/Has": "example.com/Case/Has",
+	} {
+		r := httptest.NewRequest("GET", target, nil)
+		if got := h.resourceKey(r); got != want {
+			t.Errorf("key of %s = %q, want %q", target, got, want)
+		}
+	}
+
+	custom := &Handler{Key: "{http.request.uri}"}
+	r := httptest.NewRequest("GET", "http://example.com/a?id=7", nil)
+	repl := caddy.NewReplacer()
+	r = caddyhttp.PrepareRequest(r, repl, nil, nil)
+	if got := custom.resourceKey(r); got != "/a?id=7" {
+		t.Errorf("custom key = %q", got)
+	}
+}
