@@ -242,6 +242,17 @@ func TestBehaviourTable(t *testing.T) {
 		}
 	})
 
+	t.Run("if-none-match naming the current version", func(t *testing.T) {
+		tag := etagOf("/notes/new")
+		p := expectProblem(do(t, c, "PUT", "/notes/new", "other", "If-None-Match: "+tag), 412, "precondition-failed")
+		if p.Header != "If-None-Match" {
+			t.Fatalf("412: %+v", p)
+		}
+		if r := do(t, c, "PUT", "/notes/new", "fresh", `If-None-Match: "something-else"`); r.status != 200 {
+			t.Fatalf("If-None-Match naming another version: %d %s", r.status, r.body)
+		}
+	})
+
 	t.Run("if-match star needs an existing resource", func(t *testing.T) {
 		expectProblem(do(t, c, "PUT", "/notes/ghost", "x", "If-Match: *"), 412, "precondition-failed")
 		if _, ok := main.Get("/notes/ghost"); ok {
