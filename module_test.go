@@ -50,7 +50,8 @@ func serve(t *testing.T, h *Handler, next caddyhttp.Handler, method, target, bod
 		if he, ok := err.(caddyhttp.HandlerError); ok {
 			w.Code = he.StatusCode
 		} else {
-			t.Fatalf("%s %s: %v", method, target, err)
+			// Errorf, not Fatalf: serve also runs on other goroutines.
+			t.Errorf("%s %s: %v", method, target, err)
 		}
 	}
 	return w
@@ -253,7 +254,11 @@ func TestClientLeavingWhileQueuedFreesItsPlace(t *testing.T) {
 		store.ServeHTTP(w, r)
 		return nil
 	})
-	go serve(t, h, holding, "PUT", "/doc", "first")
+	firstDone := make(chan struct{})
+	go func() {
+		defer close(firstDone)
+		serve(t, h, holding, "PUT", "/doc", "first")
+	}()
 	<-entered
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -274,6 +279,7 @@ func TestClientLeavingWhileQueuedFreesItsPlace(t *testing.T) {
 		t.Fatalf("%d waiters after the client left", n)
 	}
 	close(release)
+	<-firstDone
 }
 
 func TestResourceKey(t *testing.T) {

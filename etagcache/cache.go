@@ -1,0 +1,296 @@
+package etagcache
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/dgraph-io/ristretto/v2"
+)
+
+// Version is what is known of a resource at one moment.
+type Version struct {
+	Exists       bool      // false: the resource is known to be absent (404/410, or deleted)
+	ETag         string    // entity-tag exactly as the upstream sent it, e.g. `"abc"` or `W/"abc"`; "" if none
+	LastModified time.Time // zero if unknown
+}
+
+// same reports whether v and w describe the same state. Times compare as
+// instants so that a location attached by a parser does not count.
+func (v Version) same(w Version) bool {
+	return v.Exists == w.Exists && v.ETag == w.ETag && v.LastModified.Equal(w.LastModified)
+}
+
+const (
+	// DefaultMaxEntries bounds a cache when neither MaxEntries nor MaxBytes
+	// is set.
+	DefaultMaxEntries = 1_000_000
+	// DefaultTTL is how long an entry is trusted when Config.TTL is zero.
+	DefaultTTL = 10 * time.Minute
+
+	// EntryOverhead is the approximate memory, in bytes, that one cached
+	// version takes besides the bytes of its entity-tag: its slot in
+	// ristretto's store (the entry is held there by value), in its expiration
+	// buckets and in its admission policy, and its share of the admission
+	// sketch, sized at ten counters per expected entry. Those hash maps and
+	// the sketch grow in powers of two, so the true figure swings between
+	// about 250 and 380 bytes with the size of the cache (64-bit Linux, Go
+	// 1.26): a cache bounded by bytes takes 0.85 to 1.25 times its bound.
+	// TestEntryOverhead keeps the estimate honest.
+	//
+	// The key is not counted because it is not kept: ristretto identifies
+	// an entry by two 64-bit hashes of the key, one of them seeded per
+	// process.
+	EntryOverhead = 300
+
+	// typicalETagLen sizes the admission sketch of a cache bounded by bytes,
+	// which has to guess how many entries it will hold.
+	typicalETagLen = 24
+)
+
+// Config configures a Cache. The zero Config is usable.
+type Config struct {
+	// MaxEntries bounds the cache by number of entries. It is used when
+	// MaxBytes is 0. Default: 1,000,000 when both are 0.
+	MaxEntries int64
+	// MaxBytes bounds the cache by approximate memory: EntryOverhead plus the
+	// length of the entity-tag for each entry.
+	MaxBytes int64
+	// TTL is how long an entry is trusted after it was stored. It bounds how
+	// long a change made behind the cache's back (not through Record or
+	// Forget) can go unnoticed. Default: 10 minutes.
+	TTL time.Duration
+	// Generations is shared by every cache that may hold entries for the
+	// same resources; nil gives the cache a private one, which is only right
+	// when nothing else ever writes those resources.
+	Generations *Generations
+}
+
+// Cache holds the latest known Version of resources. It is safe for
+// concurrent use. Learn, Get and Stamp take no lock of their own; Record and
+// Forget must be serialized per key by the caller, as writes are.
+type Cache struct {
+	rc      *ristretto.Cache[string, entry]
+	gens    *Generations
+	ttl     time.Duration
+	byBytes bool
+
+	closeOnce sync.Once
+	closed    atomic.Bool
+
+	// The counters live on cache lines of their own: Get bumps one of them
+	// from every core, and the fields above are read by every call.
+	hits       paddedCounter
+	misses     paddedCounter
+	evictions  paddedCounter
+	rejections paddedCounter
+	drops      paddedCounter
+}
+
+type paddedCounter struct {
+	_ [64]byte
+	atomic.Uint64
+}
+
+// entry is what the cache stores for a key. It is stored by value, not behind
+// a pointer: ristretto copies it in and out under its shard lock, so it is as
+// immutable as a pointer to a frozen struct would be, and Get saves the
+// dependent load of a separate object (about 5% of a Get in
+// BenchmarkGetVsBaseline), a store saves an allocation, and the collector has
+// a million fewer objects to mark in a full cache.
+type entry struct {
+	ctr *atomic.Uint64 // the key's stripe, so that Get needs no second hash
+	gen uint64         // the stripe's value when v was learned or recorded
+	v   Version
+}
+
+// valid reports whether no write to the key's stripe happened since v was
+// learned.
+func (e *entry) valid() bool { return e.ctr.Load() == e.gen }
+
+// New returns a cache configured by cfg.
+func New(cfg Config) (*Cache, error) {
+	switch {
+	case cfg.MaxEntries < 0:
+		return nil, fmt.Errorf("etagcache: negative MaxEntries %d", cfg.MaxEntries)
+	case cfg.MaxBytes < 0:
+		return nil, fmt.Errorf("etagcache: negative MaxBytes %d", cfg.MaxBytes)
+	case cfg.MaxBytes > 0 && cfg.MaxBytes < EntryOverhead:
+		return nil, fmt.Errorf("etagcache: MaxBytes %d cannot hold a single entry of about %d bytes", cfg.MaxBytes, EntryOverhead)
+	case cfg.TTL < 0:
+		return nil, errors.New("etagcache: negative TTL")
+	}
+	c := &Cache{
+		gens: cfg.Generations,
+		ttl:  cfg.TTL,
+	}
+	if c.gens == nil {
+		c.gens = NewGenerations(DefaultStripes)
+	}
+	if c.ttl == 0 {
+		c.ttl = DefaultTTL
+	}
+	var maxCost, expected int64
+	switch {
+	case cfg.MaxBytes > 0:
+		c.byBytes = true
+		maxCost = cfg.MaxBytes
+		expected = cfg.MaxBytes / (EntryOverhead + typicalETagLen)
+	case cfg.MaxEntries > 0:
+		maxCost, expected = cfg.MaxEntries, cfg.MaxEntries
+	default:
+		maxCost, expected = DefaultMaxEntries, DefaultMaxEntries
+	}
+	rc, err := ristretto.NewCache(&ristretto.Config[string, entry]{
+		// Ristretto's advice: ten counters per entry expected when full.
+		NumCounters:        max(min(expected, math.MaxInt64/10)*10, 100),
+		MaxCost:            maxCost,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+		OnEvict: func(*ristretto.Item[entry]) {
+			// Close empties the cache through the same callback; that is not
+			// an eviction anybody should see in a graph.
+			if !c.closed.Load() {
+				c.evictions.Add(1)
+			}
+		},
+		OnReject: func(*ristretto.Item[entry]) { c.rejections.Add(1) },
+		// An update of an existing key is applied at once, so a read that
+		// stamped before a write could replace the write's valid entry with
+		// its own dead one. Keep the newer of the two instead: entries of one
+		// key share a stripe, so their generations compare.
+		ShouldUpdate: func(cur, prev entry) bool { return cur.ctr != prev.ctr || cur.gen >= prev.gen },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etagcache: %w", err)
+	}
+	c.rc = rc
+	return c, nil
+}
+
+// Generations returns the generations the cache validates its entries
+// against.
+func (c *Cache) Generations() *Generations { return c.gens }
+
+// Stamp captures the current generation of key; see Generations.Stamp.
+func (c *Cache) Stamp(key string) Stamp { return c.gens.Stamp(key) }
+
+// Learn stores v, observed by a read that began after s was taken for key.
+// The entry is only as valid as s: if a write to key (or to another key of
+// its stripe) was recorded since, in any cache sharing the Generations, v is
+// not stored, or is stored but never returned.
+//
+// Reads learn on every response, and most of them learn what is already
+// known, so Learn first looks the key up: a lookup costs a fraction of a
+// store, and skipping the store keeps the entry's expiry where the first
+// observation put it.
+func (c *Cache) Learn(key string, s Stamp, v Version) {
+	ctr := c.gens.stripe(key)
+	if s.ctr != ctr || !s.current() {
+		return
+	}
+	if e, ok := c.rc.Get(key); ok && e.ctr == ctr && e.gen == s.gen && e.v.same(v) {
+		return
+	}
+	c.store(key, entry{ctr: ctr, gen: s.gen, v: v})
+}
+
+// Record notes that a write to key completed and left it in state v. Every
+// entry for key learned before, in this cache or any other sharing the
+// Generations, stops being returned before Record returns; v takes their
+// place unless ristretto drops or rejects it. The caller must hold the key's
+// write lock.
+func (c *Cache) Record(key string, v Version) {
+	ctr := c.gens.stripe(key)
+	gen := ctr.Add(1)
+	c.store(key, entry{ctr: ctr, gen: gen, v: v})
+}
+
+// Forget makes the state of key unknown, for instance after a write whose
+// outcome is uncertain. Like Record, it invalidates key in every cache sharing
+// the Generations, and the caller must hold the key's write lock.
+func (c *Cache) Forget(key string) {
+	c.gens.stripe(key).Add(1)
+	// The increment alone already hides the entry; deleting it returns the
+	// memory now rather than at eviction or expiry. Del can wait for room in
+	// ristretto's buffer, which only a flood of new keys fills.
+	c.rc.Del(key)
+}
+
+// Get returns the latest known version of key, if the cache knows it and no
+// write happened since it was learned.
+func (c *Cache) Get(key string) (Version, bool) {
+	e, ok := c.rc.Get(key)
+	if !ok || !e.valid() {
+		c.misses.Add(1)
+		return Version{}, false
+	}
+	c.hits.Add(1)
+	return e.v, true
+}
+
+func (c *Cache) store(key string, e entry) {
+	cost := int64(1)
+	if c.byBytes {
+		cost = EntryOverhead + int64(len(e.v.ETag))
+	}
+	if !c.rc.SetWithTTL(key, e, cost, c.ttl) {
+		c.drops.Add(1)
+	}
+}
+
+// Stats counts what the cache did since it was created.
+type Stats struct {
+	Hits   uint64 // Get calls that returned a version
+	Misses uint64 // Get calls that did not, including those that found an invalidated entry
+	// Evictions counts entries removed to make room or because they expired.
+	Evictions uint64
+	// Rejections counts stores that ristretto refused: by its admission
+	// policy, because an earlier store of the same key was still queued, or
+	// because the entry was older than the one it would have replaced.
+	Rejections uint64
+	// Drops counts stores of new keys lost because ristretto's buffer was
+	// full.
+	Drops uint64
+	// Cost is the capacity in use: entries when the cache is bounded by
+	// entries, approximate bytes when it is bounded by bytes. MaxCost is the
+	// bound in the same unit.
+	Cost, MaxCost int64
+}
+
+// Stats returns the cache's counters.
+func (c *Cache) Stats() Stats {
+	maxCost := c.rc.MaxCost()
+	return Stats{
+		Hits:       c.hits.Load(),
+		Misses:     c.misses.Load(),
+		Evictions:  c.evictions.Load(),
+		Rejections: c.rejections.Load(),
+		Drops:      c.drops.Load(),
+		Cost:       maxCost - c.rc.RemainingCost(),
+		MaxCost:    maxCost,
+	}
+}
+
+// Wait blocks until the stores made so far have been applied or refused.
+// Only tests need it: the cache is correct without it.
+func (c *Cache) Wait() {
+	if !c.closed.Load() {
+		c.rc.Wait()
+	}
+}
+
+// Close releases the cache's goroutines and memory. Call it only once no
+// caller can reach the cache anymore (for instance from the destructor of a
+// caddy.UsagePool entry): ristretto may panic when a store races its Close.
+// Calling Close more than once, even concurrently, is harmless, and so is
+// any call after Close returned; the cache then knows nothing.
+func (c *Cache) Close() {
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		c.rc.Close()
+	})
+}

@@ -1,0 +1,490 @@
+package etagcache
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func newCache(t testing.TB, cfg Config) *Cache {
+	t.Helper()
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// numbered is version n of a resource in the tests below.
+func numbered(n uint64) Version {
+	return Version{Exists: true, ETag: `"` + strconv.FormatUint(n, 10) + `"`}
+}
+
+// number is the n of numbered(n), or 0 for anything else.
+func number(v Version) uint64 {
+	n, _ := strconv.ParseUint(strings.Trim(v.ETag, `"`), 10, 64)
+	return n
+}
+
+func wantVersion(t *testing.T, c *Cache, key string, want Version) {
+	t.Helper()
+	got, ok := c.Get(key)
+	if !ok {
+		t.Fatalf("Get(%q) missed, want %+v", key, want)
+	}
+	if !got.same(want) {
+		t.Fatalf("Get(%q) = %+v, want %+v", key, got, want)
+	}
+}
+
+func wantMiss(t *testing.T, c *Cache, key string) {
+	t.Helper()
+	if got, ok := c.Get(key); ok {
+		t.Fatalf("Get(%q) = %+v, want a miss", key, got)
+	}
+}
+
+func TestLearnGet(t *testing.T) {
+	c := newCache(t, Config{MaxEntries: 1000})
+	const key = "example.com/api/items/1"
+	wantMiss(t, c, key)
+
+	v1 := Version{Exists: true, ETag: `W/"abc"`, LastModified: time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)}
+	c.Learn(key, c.Stamp(key), v1)
+	c.Wait()
+	wantVersion(t, c, key, v1)
+
+	// A later read with an unchanged stamp may see a change made behind the
+	// cache's back; what it saw replaces the entry.
+	v2 := Version{Exists: true, ETag: `"def"`}
+	c.Learn(key, c.Stamp(key), v2)
+	c.Wait()
+	wantVersion(t, c, key, v2)
+
+	if s := c.Stats(); s.Hits != 2 || s.Misses != 1 || s.Cost != 1 {
+		t.Errorf("Stats() = %+v, want 2 hits, 1 miss, cost 1", s)
+	}
+}
+
+func TestAbsent(t *testing.T) {
+	c := newCache(t, Config{MaxEntries: 1000})
+	gone := Version{Exists: false}
+
+	c.Learn("never-was", c.Stamp("never-was"), gone)
+	c.Record("deleted", gone)
+	c.Wait()
+	for _, key := range []string{"never-was", "deleted"} {
+		got, ok := c.Get(key)
+		if !ok || got.Exists {
+			t.Errorf("Get(%q) = %+v, %v; want known absent", key, got, ok)
+		}
+	}
+}
+
+func TestTTL(t *testing.T) {
+	const ttl = 300 * time.Millisecond
+	c := newCache(t, Config{TTL: ttl})
+	start := time.Now()
+	c.Learn("k", c.Stamp("k"), numbered(1))
+	c.Wait()
+	if _, ok := c.Get("k"); !ok && time.Since(start) < ttl/2 {
+		t.Fatal("entry missing long before its TTL")
+	}
+	for deadline := start.Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, ok := c.Get("k"); !ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("entry still served %v after it was learned with a TTL of %v", time.Since(start), ttl)
+		}
+	}
+}
+
+func TestForget(t *testing.T) {
+	c := newCache(t, Config{MaxEntries: 1000})
+	before := c.Stamp("k")
+	c.Learn("k", before, numbered(1))
+	c.Wait()
+	wantVersion(t, c, "k", numbered(1))
+
+	c.Forget("k")
+	wantMiss(t, c, "k") // at once, not only after ristretto caught up
+	c.Learn("k", before, numbered(1))
+	c.Wait()
+	wantMiss(t, c, "k")
+
+	c.Learn("k", c.Stamp("k"), numbered(2))
+	c.Wait()
+	wantVersion(t, c, "k", numbered(2))
+}
+
+// TestNeverSuperseded plays a read that stamped before a write and stores its
+// stale answer at different moments relative to the write's Record, including
+// the one Learn cannot see coming: ristretto applying the read's store after
+// the write's.
+func TestNeverSuperseded(t *testing.T) {
+	const key = "example.com/api/items/7"
+	old, recorded := numbered(1), numbered(2)
+
+	type step func(c *Cache, s Stamp)
+	learn := func(c *Cache, s Stamp) { c.Learn(key, s, old) }
+	record := func(c *Cache, s Stamp) { c.Record(key, recorded) }
+	wait := func(c *Cache, s Stamp) { c.Wait() }
+	// lateStore is a store of the read's answer that ristretto applies only
+	// now, after Learn's own checks passed long ago.
+	lateStore := func(c *Cache, s Stamp) { c.store(key, entry{ctr: s.ctr, gen: s.gen, v: old}) }
+
+	for _, tc := range []struct {
+		name  string
+		steps []step
+		// kept: the recorded version must survive, not merely the old one
+		// stay hidden. Ristretto may legitimately lose it in the other cases.
+		kept bool
+	}{
+		{"learn, record", []step{learn, record}, false},
+		{"learn, wait, record", []step{learn, wait, record}, true},
+		{"record, learn", []step{record, learn}, false},
+		{"record, wait, learn", []step{record, wait, learn}, true},
+		{"late store, record", []step{lateStore, record}, false},
+		{"record, late store", []step{record, lateStore}, false},
+		{"record, wait, late store", []step{record, wait, lateStore}, true},
+		{"late store, wait, record", []step{lateStore, wait, record}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCache(t, Config{MaxEntries: 100})
+			s := c.Stamp(key)
+			for _, step := range tc.steps {
+				step(c, s)
+			}
+			check := func() {
+				t.Helper()
+				got, ok := c.Get(key)
+				if ok && !got.same(recorded) {
+					t.Fatalf("Get = %+v after the write recorded %+v", got, recorded)
+				}
+				if tc.kept && !ok {
+					t.Fatalf("Get missed; the recorded %+v was lost", recorded)
+				}
+			}
+			check()
+			c.Wait()
+			check()
+		})
+	}
+}
+
+func TestSharedGenerations(t *testing.T) {
+	gens := NewGenerations(1024)
+	a := newCache(t, Config{Generations: gens, MaxEntries: 10})
+	b := newCache(t, Config{Generations: gens, MaxEntries: 10})
+
+	const key = "example.com/api/items/9"
+	b.Learn(key, b.Stamp(key), numbered(1))
+	b.Wait()
+	wantVersion(t, b, key, numbered(1))
+
+	a.Record(key, numbered(2))
+	wantMiss(t, b, key)
+	a.Wait()
+	b.Wait()
+	wantMiss(t, b, key)
+	wantVersion(t, a, key, numbered(2))
+
+	// Stamps are interchangeable between caches sharing Generations.
+	s := a.Stamp(key)
+	b.Learn(key, s, numbered(2))
+	b.Wait()
+	wantVersion(t, b, key, numbered(2))
+	b.Forget(key)
+	wantMiss(t, a, key)
+}
+
+func TestForeignStamp(t *testing.T) {
+	c := newCache(t, Config{MaxEntries: 1000})
+	other := newCache(t, Config{MaxEntries: 1000}) // its own Generations
+	for name, s := range map[string]Stamp{
+		"zero":               {},
+		"other key":          c.Stamp("another key"),
+		"other generations":  other.Stamp("k"),
+		"other key and gens": other.Stamp("another key"),
+	} {
+		c.Learn("k", s, numbered(1))
+		c.Wait()
+		if got, ok := c.Get("k"); ok {
+			t.Errorf("Learn with a %s stamp stored %+v", name, got)
+		}
+	}
+}
+
+// TestNeverOlderUnderLoad runs writers, readers and a flood of reads of other
+// resources against two caches sharing Generations, small enough that
+// ristretto drops and rejects stores, and checks every Get against the last
+// version recorded before it began.
+func TestNeverOlderUnderLoad(t *testing.T) {
+	// Run at least this long, and longer (up to the limit) on a machine too
+	// slow to produce enough hits, drops and rejections in that time.
+	minDuration, maxDuration := 2*time.Second, 10*time.Second
+	if testing.Short() {
+		minDuration = 300 * time.Millisecond
+	}
+	const (
+		minChecked = 100
+		nKeys      = 64
+		nWriters   = 4
+		nReaders   = 6
+		nFlood     = 8
+	)
+	// Few stripes, so that writes also invalidate neighbours' entries.
+	gens := NewGenerations(256)
+	caches := []*Cache{
+		newCache(t, Config{Generations: gens, MaxEntries: 200}),
+		newCache(t, Config{Generations: gens, MaxEntries: 100}),
+	}
+	keys := make([]string, nKeys)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("example.com/api/items/%d", i)
+	}
+	var (
+		upstream [nKeys]atomic.Uint64 // the resource as the upstream has it
+		recorded [nKeys]atomic.Uint64 // the last version whose write was recorded
+		stop     atomic.Bool
+		checked  atomic.Uint64 // Gets that returned a version for a written key
+		failures atomic.Uint64
+		wg       sync.WaitGroup
+	)
+	fail := func(format string, args ...any) {
+		if failures.Add(1) <= 5 {
+			t.Errorf(format, args...)
+		}
+	}
+
+	for w := range nWriters {
+		wg.Go(func() {
+			// Writer w alone writes keys w, w+nWriters, ...: serialized per
+			// key as under the write lock.
+			r := rand.New(rand.NewPCG(uint64(w), 1))
+			for !stop.Load() {
+				i := w + nWriters*r.IntN(nKeys/nWriters)
+				v := upstream[i].Add(1)
+				switch c := caches[r.IntN(len(caches))]; r.IntN(10) {
+				case 0:
+					c.Forget(keys[i])
+				default:
+					c.Record(keys[i], numbered(v))
+				}
+				recorded[i].Store(v)
+				if r.IntN(2) == 0 {
+					// Leave readers time to learn and find valid entries.
+					time.Sleep(100 * time.Microsecond)
+				}
+			}
+		})
+	}
+	for rd := range nReaders {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(rd), 2))
+			for !stop.Load() {
+				i := r.IntN(nKeys)
+				c := caches[r.IntN(len(caches))]
+				if r.IntN(2) == 0 {
+					s := c.Stamp(keys[i])
+					v := upstream[i].Load()
+					if r.IntN(8) == 0 {
+						runtime.Gosched() // a slow upstream
+					}
+					c.Learn(keys[i], s, numbered(v))
+					continue
+				}
+				floor := recorded[i].Load()
+				if got, ok := c.Get(keys[i]); ok {
+					checked.Add(1)
+					if n := number(got); n < floor {
+						fail("Get(%q) = version %d, but version %d had been recorded before", keys[i], n, floor)
+					}
+				}
+			}
+		})
+	}
+	for f := range nFlood {
+		wg.Go(func() {
+			for n := 0; !stop.Load(); n++ {
+				c := caches[n%len(caches)]
+				key := fmt.Sprintf("example.com/other/%d/%d", f, n)
+				c.Learn(key, c.Stamp(key), numbered(1))
+			}
+		})
+	}
+	refused := func() (drops, rejections uint64) {
+		for _, c := range caches {
+			s := c.Stats()
+			drops += s.Drops
+			rejections += s.Rejections
+		}
+		return drops, rejections
+	}
+	start := time.Now()
+	for {
+		time.Sleep(50 * time.Millisecond)
+		elapsed := time.Since(start)
+		drops, rejections := refused()
+		enough := checked.Load() >= minChecked && drops > 0 && rejections > 0
+		if elapsed >= maxDuration || elapsed >= minDuration && enough {
+			break
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+
+	drops, rejections := refused()
+	t.Logf("checked %d hits in %v; ristretto dropped %d and rejected %d stores",
+		checked.Load(), time.Since(start).Round(time.Millisecond), drops, rejections)
+	if checked.Load() < minChecked {
+		t.Errorf("only %d Gets returned a version: the check proved little", checked.Load())
+	}
+	if rejections == 0 {
+		t.Error("ristretto rejected no store: the test did not exercise admission")
+	}
+	if drops == 0 {
+		t.Error("ristretto dropped no store: the test did not overflow its buffer")
+	}
+	for _, c := range caches {
+		if s := c.Stats(); s.Cost > s.MaxCost {
+			t.Errorf("cost %d above the bound %d", s.Cost, s.MaxCost)
+		}
+	}
+}
+
+func TestMaxBytes(t *testing.T) {
+	const maxBytes = 50_000
+	c := newCache(t, Config{MaxBytes: maxBytes})
+	etag := `"` + strings.Repeat("e", 98) + `"`
+	const perEntry = EntryOverhead + 100
+	for i := range 5000 {
+		key := fmt.Sprintf("example.com/api/items/%d", i)
+		c.Learn(key, c.Stamp(key), Version{Exists: true, ETag: etag})
+		if i%100 == 0 {
+			c.Wait()
+		}
+	}
+	c.Wait()
+	s := c.Stats()
+	if s.MaxCost != maxBytes || s.Cost > maxBytes || s.Cost <= maxBytes/2 {
+		t.Errorf("Stats() = %+v, want a cost near but not above %d", s, maxBytes)
+	}
+	present := 0
+	for i := range 5000 {
+		if _, ok := c.Get(fmt.Sprintf("example.com/api/items/%d", i)); ok {
+			present++
+		}
+	}
+	if present == 0 || present > maxBytes/perEntry {
+		t.Errorf("%d entries of %d bytes present, want between 1 and %d", present, perEntry, maxBytes/perEntry)
+	}
+}
+
+// TestEntryOverhead checks that a cache bounded by bytes really uses about
+// that much memory.
+func TestEntryOverhead(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills a large cache")
+	}
+	const n = 100_000
+	keys := make([]string, n)
+	etags := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("example.com/api/items/%06d", i)
+		etags[i] = fmt.Sprintf(`"%022x"`, i)
+	}
+	gens := NewGenerations(DefaultStripes)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	c := newCache(t, Config{MaxBytes: n * (EntryOverhead + 24), Generations: gens})
+	for i := range keys {
+		c.Record(keys[i], Version{Exists: true, ETag: etags[i]})
+		if i%1000 == 0 {
+			c.Wait()
+		}
+	}
+	c.Wait()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	// The ETags existed before the cache did; count them as the cache's.
+	heap := float64(after.HeapAlloc) - float64(before.HeapAlloc) + float64(n*24)
+	s := c.Stats()
+	ratio := heap / float64(s.Cost)
+	t.Logf("%d entries, cost %d, heap %.0f bytes: %.2f bytes of heap per unit of cost", s.Cost/(EntryOverhead+24), s.Cost, heap, ratio)
+	if ratio < 0.7 || ratio > 1.4 {
+		t.Errorf("heap per unit of cost %.2f: EntryOverhead %d is off", ratio, EntryOverhead)
+	}
+	runtime.KeepAlive(keys)
+	runtime.KeepAlive(etags)
+}
+
+func TestCloseIdempotent(t *testing.T) {
+	c, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Record("k", numbered(1))
+	c.Wait()
+
+	// Ristretto's own Close deadlocks or panics when called concurrently.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(c.Close)
+	}
+	wg.Wait()
+	c.Close()
+
+	// Calls after Close are harmless and know nothing.
+	wantMiss(t, c, "k")
+	c.Learn("k", c.Stamp("k"), numbered(2))
+	c.Record("k", numbered(3))
+	c.Forget("k")
+	c.Wait()
+	wantMiss(t, c, "k")
+	_ = c.Stats()
+}
+
+func TestConfig(t *testing.T) {
+	for _, cfg := range []Config{
+		{MaxEntries: -1},
+		{MaxBytes: -1},
+		{MaxBytes: EntryOverhead - 1},
+		{TTL: -time.Second},
+	} {
+		if c, err := New(cfg); err == nil {
+			c.Close()
+			t.Errorf("New(%+v) accepted", cfg)
+		}
+	}
+	c := newCache(t, Config{})
+	if s := c.Stats(); s.MaxCost != DefaultMaxEntries {
+		t.Errorf("default MaxCost %d, want %d", s.MaxCost, DefaultMaxEntries)
+	}
+	if c.ttl != DefaultTTL {
+		t.Errorf("default TTL %v, want %v", c.ttl, DefaultTTL)
+	}
+	c = newCache(t, Config{MaxEntries: 10, MaxBytes: 1 << 20})
+	if s := c.Stats(); s.MaxCost != 1<<20 {
+		t.Errorf("MaxCost %d with MaxBytes set, want %d", s.MaxCost, 1<<20)
+	}
+}
+
+func TestNewGenerations(t *testing.T) {
+	for _, tc := range []struct{ in, want int }{
+		{-5, 1}, {0, 1}, {1, 1}, {2, 2}, {3, 4}, {1000, 1024}, {1 << 18, 1 << 18},
+	} {
+		if got := NewGenerations(tc.in).Len(); got != tc.want {
+			t.Errorf("NewGenerations(%d).Len() = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+}
