@@ -16,10 +16,14 @@ import (
 	"github.com/writeguard/caddy-writeguard/examples/backend"
 )
 
+func newCaddyContext() (caddy.Context, context.CancelFunc) {
+	return caddy.NewContext(caddy.Context{Context: context.Background()})
+}
+
 // newTestHandler provisions a handler as Caddy would.
 func newTestHandler(t *testing.T, h *Handler) *Handler {
 	t.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	ctx, cancel := newCaddyContext()
 	t.Cleanup(cancel)
 	if h.CacheSize == 0 && h.CacheBytes == 0 {
 		h.CacheSize = 10_000
