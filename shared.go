@@ -44,8 +44,9 @@ func attachShared() (*sharedState, error) {
 
 type sharedCache struct{ *etagcache.Cache }
 
-// Destruct runs when no configuration uses the cache any more, so no request
-// can still reach it.
+// Destruct runs when no configuration uses the cache any more. Requests of a
+// retired configuration may still be finishing; the cache's Close waits for
+// their stores and makes later ones harmless.
 func (c sharedCache) Destruct() error {
 	c.Close()
 	return nil

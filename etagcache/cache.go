@@ -80,6 +80,11 @@ type Cache struct {
 
 	closeOnce sync.Once
 	closed    atomic.Bool
+	// storing is held shared by every store and delete, and exclusively by
+	// Close: ristretto panics when a store races its Close, and a config
+	// reload can retire a cache while requests of the old config still
+	// record their outcomes in it.
+	storing sync.RWMutex
 
 	// The counters live on cache lines of their own: Get bumps one of them
 	// from every core, and the fields above are read by every call.
@@ -217,7 +222,11 @@ func (c *Cache) Forget(key string) {
 	// The increment alone already hides the entry; deleting it returns the
 	// memory now rather than at eviction or expiry. Del can wait for room in
 	// ristretto's buffer, which only a flood of new keys fills.
-	c.rc.Del(key)
+	c.storing.RLock()
+	defer c.storing.RUnlock()
+	if !c.closed.Load() {
+		c.rc.Del(key)
+	}
 }
 
 // Get returns the latest known version of key, if the cache knows it and no
@@ -236,6 +245,11 @@ func (c *Cache) store(key string, e entry) {
 	cost := int64(1)
 	if c.byBytes {
 		cost = EntryOverhead + int64(len(e.v.ETag))
+	}
+	c.storing.RLock()
+	defer c.storing.RUnlock()
+	if c.closed.Load() {
+		return
 	}
 	if !c.rc.SetWithTTL(key, e, cost, c.ttl) {
 		c.drops.Add(1)
@@ -278,18 +292,20 @@ func (c *Cache) Stats() Stats {
 // Wait blocks until the stores made so far have been applied or refused.
 // Only tests need it: the cache is correct without it.
 func (c *Cache) Wait() {
+	c.storing.RLock()
+	defer c.storing.RUnlock()
 	if !c.closed.Load() {
 		c.rc.Wait()
 	}
 }
 
-// Close releases the cache's goroutines and memory. Call it only once no
-// caller can reach the cache anymore (for instance from the destructor of a
-// caddy.UsagePool entry): ristretto may panic when a store races its Close.
-// Calling Close more than once, even concurrently, is harmless, and so is
-// any call after Close returned; the cache then knows nothing.
+// Close releases the cache's goroutines and memory. It waits for stores
+// under way; calls that come after it are harmless, and the cache then knows
+// nothing. Calling Close more than once, even concurrently, is harmless.
 func (c *Cache) Close() {
 	c.closeOnce.Do(func() {
+		c.storing.Lock()
+		defer c.storing.Unlock()
 		c.closed.Store(true)
 		c.rc.Close()
 	})

@@ -488,3 +488,30 @@ func TestNewGenerations(t *testing.T) {
 		}
 	}
 }
+
+// A config reload retires a cache while requests of the old config may
+// still record into it: Close must not race their stores into a panic.
+func TestCloseRacingStores(t *testing.T) {
+	for round := range 20 {
+		c, err := New(Config{MaxEntries: 1000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for g := range 4 {
+			wg.Go(func() {
+				<-start
+				for i := range 500 {
+					key := fmt.Sprintf("r%d/g%d/k%d", round, g, i%50)
+					c.Record(key, Version{Exists: true, ETag: `"x"`})
+					c.Learn(key, c.Stamp(key), Version{Exists: true, ETag: `"y"`})
+					c.Forget(key)
+				}
+			})
+		}
+		close(start)
+		c.Close()
+		wg.Wait()
+	}
+}
