@@ -23,6 +23,10 @@ import (
 // forward happen under the resource's lock, so of two writes that name the
 // same version only the first reaches the backend.
 func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.Context().Value(guardedCtxKey{}) != nil {
+		// An outer guard checked this write and holds the resource's lock.
+		return next.ServeHTTP(w, r)
+	}
 	cond, err := precondition.Parse(r.Header)
 	if err != nil {
 		var he *precondition.HeaderError
@@ -61,15 +65,29 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 				Type:   problemBodyTooLarge,
 				Title:  "Request body too large",
 				Status: http.StatusRequestEntityTooLarge,
-				Detail: fmt.Sprintf("Guarded writes may carry at most %d bytes.", h.MaxBody),
+				Detail: fmt.Sprintf("Guarded writes may carry at most %d bytes.", tooLarge.Limit),
 			})
 		}
-		return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
+		if r.Context().Err() != nil {
+			return caddyhttp.Error(499, err) // the client is gone
+		}
+		h.logRejection(r, "bad_request", "")
+		return writeProblem(w, r, problem{
+			Type:   problemBodyUnreadable,
+			Title:  "Request body unreadable",
+			Status: http.StatusBadRequest,
+			Detail: "The request body could not be read to its end, so the write was not forwarded. Send it again.",
+		})
 	}
 
+	// A guard nested inside this one (in a subroute, say) must not wait
+	// for the lock this one holds.
+	ctx := context.WithValue(r.Context(), guardedCtxKey{}, true)
+	r = r.WithContext(ctx)
+
 	key := h.resourceKey(r)
-	if err := h.lock(r.Context(), key); err != nil {
-		if r.Context().Err() != nil {
+	if err := h.lock(ctx, key); err != nil {
+		if ctx.Err() != nil {
 			// The client left while it waited; nobody is there to answer.
 			return caddyhttp.Error(499, err)
 		}
@@ -82,37 +100,32 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			retryAfter: 1,
 		})
 	}
-	defer h.locks.Unlock(key)
-
-	recorded := false
-	defer func() {
-		// A write that ended in a panic may or may not have been applied:
-		// forget the version rather than keep one that may be old.
-		if !recorded {
-			h.cache.Forget(key)
-		}
-	}()
+	held := &heldWrite{h: h, key: key, method: r.Method}
+	// Whatever happens below, including a panic in a later handler, the lock
+	// is released; a write whose outcome was never seen forgets the version.
+	defer held.finish(0, "", "")
 
 	if !cond.Blind() {
 		state, fromCache, refusal := h.currentState(w, r, key, next)
 		if refusal != nil {
-			recorded = true
+			held.release()
 			return refusal()
 		}
 		outcome := cond.Evaluate(state, h.matching)
-		if outcome != precondition.Pass && fromCache {
-			// Confirm a failure with the upstream before refusing: the cache
-			// may hold another representation's tag, or miss a change made
-			// behind the proxy's back.
+		if fromCache && (outcome != precondition.Pass || !state.Exists) {
+			// Refuse only what the upstream confirms: the cache may hold
+			// another representation's tag or miss a change made behind the
+			// proxy's back. And trust absence only when seen under the lock:
+			// a read may have been answered 404 for reasons of its own.
 			state, _, refusal = h.probeState(w, r, key, next)
 			if refusal != nil {
-				recorded = true
+				held.release()
 				return refusal()
 			}
 			outcome = cond.Evaluate(state, h.matching)
 		}
 		if outcome != precondition.Pass {
-			recorded = true
+			held.release()
 			h.logRejection(r, "stale", outcome.Field())
 			if c := h.logger.Check(zapcore.DebugLevel, "precondition failed"); c != nil {
 				c.Write(zap.String("key", key), zap.String("current_etag", state.ETag), zap.Bool("exists", state.Exists))
@@ -121,11 +134,40 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		}
 	}
 
-	rec := &outcomeWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
-	err = next.ServeHTTP(rec, r)
-	h.record(key, r.Method, rec, err)
-	recorded = true
-	return err
+	return next.ServeHTTP(&outcomeWriter{
+		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		held:                  held,
+	}, r)
+}
+
+// guardedCtxKey marks a request whose resource a guard has locked.
+type guardedCtxKey struct{}
+
+// heldWrite is a write holding its resource's lock.
+type heldWrite struct {
+	h           *Handler
+	key, method string
+	done        bool
+}
+
+// finish records the outcome the upstream answered (status 0: unknown) and
+// releases the lock. Only the first call of finish or release counts.
+func (hw *heldWrite) finish(status int, etag, lastModified string) {
+	if hw.done {
+		return
+	}
+	hw.done = true
+	hw.h.record(hw.key, hw.method, status, etag, lastModified)
+	hw.h.locks.Unlock(hw.key)
+}
+
+// release gives the lock up without forwarding: what the cache knows stays.
+func (hw *heldWrite) release() {
+	if hw.done {
+		return
+	}
+	hw.done = true
+	hw.h.locks.Unlock(hw.key)
 }
 
 func failedProblem(outcome precondition.Outcome, state precondition.State) problem {
@@ -202,50 +244,50 @@ func stateOf(v etagcache.Version) precondition.State {
 
 // record stores what the write's response says about the new version, or
 // forgets the resource's version when the response does not say.
-func (h *Handler) record(key, method string, rec *outcomeWriter, err error) {
-	status := rec.status
+func (h *Handler) record(key, method string, status int, etag, lastModified string) {
 	switch {
-	case err != nil || status < 200 || status >= 300:
+	case status < 200 || status >= 300:
 		h.cache.Forget(key)
 	case method == http.MethodDelete:
 		h.cache.Record(key, etagcache.Version{})
+	case etag == "" || strings.HasPrefix(etag, "W/"):
+		// RFC 9110 (9.3.4) lets a write response carry only the new
+		// representation's own strong validator. Frameworks that tag every
+		// response body (Express tags {"ok":true}) send a weak one that is
+		// no version at all: let the next write ask the upstream.
+		h.cache.Forget(key)
 	default:
-		v, _ := versionFromResponse(status, rec.etag, rec.lastModified)
-		if v.ETag == "" {
-			h.cache.Forget(key)
-			return
-		}
+		v, _ := versionFromResponse(status, etag, lastModified)
 		h.cache.Record(key, v)
 	}
 }
 
-// outcomeWriter remembers the status of the response it passes on.
+// outcomeWriter records a write's outcome and releases its lock as soon as
+// the upstream's answer arrives: the write is applied by then, and the lock
+// must not wait for the body to reach a client that reads it slowly.
 type outcomeWriter struct {
 	*caddyhttp.ResponseWriterWrapper
-	status int
-	// etag and lastModified are read when the header is written, before an
-	// outer handler (such as encode) can rewrite them.
-	etag, lastModified string
+	held *heldWrite
 }
 
 func (ow *outcomeWriter) WriteHeader(status int) {
-	if ow.status == 0 && status >= 200 {
-		ow.status = status
-		ow.etag = ow.Header().Get("Etag")
-		ow.lastModified = ow.Header().Get("Last-Modified")
+	if status >= 200 && !ow.held.done {
+		// Read before an outer handler (such as encode) rewrites them.
+		hdr := ow.Header()
+		ow.held.finish(status, hdr.Get("Etag"), hdr.Get("Last-Modified"))
 	}
 	ow.ResponseWriterWrapper.WriteHeader(status)
 }
 
 func (ow *outcomeWriter) Write(p []byte) (int, error) {
-	if ow.status == 0 {
+	if !ow.held.done {
 		ow.WriteHeader(http.StatusOK)
 	}
 	return ow.ResponseWriterWrapper.Write(p)
 }
 
 func (ow *outcomeWriter) ReadFrom(r io.Reader) (int64, error) {
-	if ow.status == 0 {
+	if !ow.held.done {
 		ow.WriteHeader(http.StatusOK)
 	}
 	return ow.ResponseWriterWrapper.ReadFrom(r)

@@ -13,6 +13,9 @@ import (
 // its response reveals. The stamp is taken before the upstream is asked, so
 // a response that was overtaken by a write can never be stored as current.
 func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !h.learnsFrom(r) {
+		return next.ServeHTTP(w, r)
+	}
 	key := h.resourceKey(r)
 	lw := &learningWriter{
 		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
@@ -21,6 +24,14 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 		stamp:                 h.cache.Stamp(key),
 	}
 	return next.ServeHTTP(lw, r)
+}
+
+// learnsFrom reports whether a response to r describes the resource r's key
+// names. The default key leaves the query out, and a query often selects
+// another representation or an old revision (?format=xml, ?rev=1): such a
+// response is no evidence of the resource's current version.
+func (h *Handler) learnsFrom(r *http.Request) bool {
+	return h.Key != "" || (r.URL.RawQuery == "" && !r.URL.ForceQuery)
 }
 
 // learningWriter looks at the final response header on its way out.

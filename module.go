@@ -228,13 +228,19 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP guards writes and learns versions from reads.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if _, ok := h.methods[r.Method]; ok {
+	switch _, guarded := h.methods[r.Method]; {
+	case guarded:
 		return h.serveWrite(w, r, next)
-	}
-	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+	case r.Method == http.MethodGet || r.Method == http.MethodHead:
 		return h.serveRead(w, r, next)
+	case r.Method == http.MethodOptions || r.Method == http.MethodTrace:
+		return next.ServeHTTP(w, r)
 	}
-	return next.ServeHTTP(w, r)
+	// A method the guard lets through may still change the resource (a POST
+	// that updates it): whatever version was known may be old once it ran.
+	err := next.ServeHTTP(w, r)
+	h.cache.Forget(h.resourceKey(r))
+	return err
 }
 
 // Interface guards

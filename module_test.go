@@ -311,3 +311,151 @@ func TestResourceKey(t *testing.T) {
 		t.Errorf("custom key = %q", got)
 	}
 }
+
+// A read whose query selects something else (an old revision here) says
+// nothing about the resource the default key names.
+func TestQueryReadsDoNotTeach(t *testing.T) {
+	store := backend.New()
+	store.Put("/doc", []byte("v1"))
+	oldTag := store.ETagOf([]byte("v1"))
+	store.Put("/doc", []byte("v2"))
+	revisions := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.URL.Query().Get("rev") == "1" {
+			w.Header().Set("Etag", oldTag)
+			_, err := w.Write([]byte("v1"))
+			return err
+		}
+		store.ServeHTTP(w, r)
+		return nil
+	})
+	h := newTestHandler(t, &Handler{})
+	serve(t, h, revisions, "GET", "/doc?rev=1", "")
+	h.cache.Wait()
+	if w := serve(t, h, revisions, "PUT", "/doc", "v3", "If-Match: "+oldTag); w.Code != http.StatusPreconditionFailed {
+		t.Fatalf("write based on an old revision: %d", w.Code)
+	}
+}
+
+// A 404 seen by a read (a hidden resource, a routing quirk) must not let a
+// create-only write replace what exists.
+func TestCachedAbsenceIsConfirmed(t *testing.T) {
+	store := backend.New()
+	h := newTestHandler(t, &Handler{})
+	serve(t, h, storeHandler(store), "GET", "/doc", "") // 404, learned
+	h.cache.Wait()
+	store.Put("/doc", []byte("precious")) // created behind the guard's back
+	if w := serve(t, h, storeHandler(store), "PUT", "/doc", "x", "If-None-Match: *"); w.Code != http.StatusPreconditionFailed {
+		t.Fatalf("create-only write over an existing resource: %d", w.Code)
+	}
+	if got, _ := store.Get("/doc"); string(got) != "precious" {
+		t.Fatalf("backend holds %q", got)
+	}
+}
+
+// Express tags every response body, so a write answered {"ok":true} carries
+// the same weak ETag every time: it must not be taken for the new version.
+func TestWeakWriteResponseTagIsNotAVersion(t *testing.T) {
+	store := backend.New()
+	store.ETags = backend.WeakETags
+	store.Put("/doc", []byte("v1"))
+	express := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method == http.MethodPut {
+			store.ServeHTTP(httptest.NewRecorder(), r)
+			w.Header().Set("Etag", `W/"b-ok"`)
+			_, err := w.Write([]byte(`{"ok":true}`))
+			return err
+		}
+		store.ServeHTTP(w, r)
+		return nil
+	})
+	h := newTestHandler(t, &Handler{})
+	a := serve(t, h, express, "PUT", "/doc", "by A", "If-Match: "+store.ETagOf([]byte("v1")))
+	if a.Code != 200 {
+		t.Fatalf("A: %d", a.Code)
+	}
+	h.cache.Wait()
+	if b := serve(t, h, express, "PUT", "/doc", "by B", "If-Match: "+store.ETagOf([]byte("by A"))); b.Code != 200 {
+		t.Fatalf("B: %d", b.Code)
+	}
+	h.cache.Wait()
+	// A chains with the tag of its own write's response.
+	if w := serve(t, h, express, "PUT", "/doc", "by A again", "If-Match: "+a.Header().Get("Etag")); w.Code != http.StatusPreconditionFailed {
+		t.Fatalf("A's chained write over B's: %d", w.Code)
+	}
+	if got, _ := store.Get("/doc"); string(got) != "by B" {
+		t.Fatalf("backend holds %q", got)
+	}
+}
+
+// A method the guard lets through can still change the resource.
+func TestUnguardedWriteForgetsVersion(t *testing.T) {
+	store := backend.New()
+	store.Put("/doc", []byte("v1"))
+	withPost := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method == http.MethodPost {
+			body, _ := io.ReadAll(r.Body)
+			store.Put(r.URL.Path, body)
+			w.WriteHeader(http.StatusNoContent)
+			return nil
+		}
+		store.ServeHTTP(w, r)
+		return nil
+	})
+	h := newTestHandler(t, &Handler{})
+	serve(t, h, withPost, "GET", "/doc", "")
+	h.cache.Wait()
+	serve(t, h, withPost, "POST", "/doc", "posted")
+	h.cache.Wait()
+	if w := serve(t, h, withPost, "PUT", "/doc", "v3", "If-Match: "+store.ETagOf([]byte("v1"))); w.Code != http.StatusPreconditionFailed {
+		t.Fatalf("write based on the version before the POST: %d", w.Code)
+	}
+}
+
+// Once the upstream answered, the write is applied: a client that reads the
+// response body slowly must not hold the resource's lock.
+func TestLockReleasedWhenUpstreamAnswers(t *testing.T) {
+	store := backend.New()
+	h := newTestHandler(t, &Handler{Blind: "allow", LockTimeout: caddy.Duration(5 * time.Second)})
+	headerSent, finishBody := make(chan struct{}), make(chan struct{})
+	slowBody := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		store.ServeHTTP(httptest.NewRecorder(), r)
+		w.Header().Set("Etag", `"first"`)
+		w.WriteHeader(http.StatusOK)
+		close(headerSent)
+		<-finishBody
+		_, err := w.Write([]byte("a long answer"))
+		return err
+	})
+	firstDone := make(chan struct{})
+	go func() {
+		defer close(firstDone)
+		serve(t, h, slowBody, "PUT", "/doc", "first")
+	}()
+	<-headerSent
+	second := make(chan int)
+	go func() { second <- serve(t, h, storeHandler(store), "PUT", "/doc", "second").Code }()
+	select {
+	case code := <-second:
+		if code != 200 {
+			t.Fatalf("second write: %d", code)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("the second write waited for the first write's response body")
+	}
+	close(finishBody)
+	<-firstDone
+}
+
+// A guard inside another guard's route must not wait for the outer lock.
+func TestNestedGuardsDoNotDeadlock(t *testing.T) {
+	store := backend.New()
+	store.Put("/doc", []byte("v1"))
+	inner := newTestHandler(t, &Handler{LockTimeout: caddy.Duration(200 * time.Millisecond)})
+	outer := newTestHandler(t, &Handler{})
+	through := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return inner.ServeHTTP(w, r, storeHandler(store))
+	})
+	if w := serve(t, outer, through, "PUT", "/doc", "v2", "If-Match: "+store.ETagOf([]byte("v1"))); w.Code != 200 {
+		t.Fatalf("nested guards: %d %s", w.Code, w.Body)
+	}
+}

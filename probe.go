@@ -36,7 +36,9 @@ func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string,
 		v, known := versionFromResponse(resp.status, resp.header.Get("Etag"), resp.header.Get("Last-Modified"))
 		switch {
 		case known:
-			h.cache.Learn(key, stamp, v)
+			if h.learnsFrom(r) {
+				h.cache.Learn(key, stamp, v)
+			}
 			return stateOf(v), true, nil
 		case resp.status >= 200 && resp.status < 300:
 			// It exists, but the upstream names no version.
@@ -44,7 +46,10 @@ func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string,
 		case resp.status == http.StatusUnauthorized || resp.status == http.StatusForbidden:
 			// The client may not read the resource: let it see why, exactly
 			// as the upstream said it.
-			return precondition.State{}, false, func() error { return resp.replay(w) }
+			return precondition.State{}, false, func() error {
+				h.logRejection(r, "unauthorized", "")
+				return resp.replay(w)
+			}
 		}
 	}
 	detail := fmt.Sprintf("The upstream answered the version check with status %d, so the write's preconditions could not be checked and the write was not forwarded. Retry later.", resp.status)
@@ -80,9 +85,12 @@ func (h *Handler) probe(r *http.Request, method string, next caddyhttp.Handler) 
 	pr.GetBody = nil
 	pr.ContentLength = 0
 	pr.TransferEncoding = nil
+	pr.Trailer = nil
 	for _, f := range probeStripped {
 		pr.Header.Del(f)
 	}
+	// A cache between Caddy and the origin must not answer for the origin.
+	pr.Header.Set("Cache-Control", "no-cache")
 	resp := &probeResponse{header: make(http.Header)}
 	err := next.ServeHTTP(&probeWriter{resp: resp}, pr)
 	if err == nil && resp.status == 0 {

@@ -38,7 +38,7 @@ type problem struct {
 
 func writeProblem(w http.ResponseWriter, r *http.Request, p problem) error {
 	p.Type = problemBase + p.Type
-	p.Instance = r.URL.Path
+	p.Instance = r.URL.EscapedPath()
 	body, err := json.Marshal(p)
 	if err != nil {
 		return err
