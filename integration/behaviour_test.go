@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -22,11 +23,29 @@ func (o *oddUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		o.mu.Lock()
 		o.writes++
 		o.mu.Unlock()
+		if r.URL.Path == "/odd/express" {
+			// Express tags the body it answers with, not the resource.
+			w.Header().Set("ETag", `W/"b-ok"`)
+			w.Write([]byte(`{"ok":true}`))
+			return
+		}
 		w.Header().Set("ETag", `"after-write"`)
 		w.WriteHeader(http.StatusOK)
 		return
 	}
 	switch r.URL.Path {
+	case "/odd/express":
+		o.mu.Lock()
+		w.Header().Set("ETag", fmt.Sprintf(`W/"doc-%d"`, o.writes))
+		o.mu.Unlock()
+		w.Write([]byte("{}"))
+	case "/odd/revisions":
+		if r.URL.Query().Get("rev") == "1" {
+			w.Header().Set("ETag", `"rev-1"`)
+		} else {
+			w.Header().Set("ETag", `"rev-2"`)
+		}
+		w.Write([]byte("a revision"))
 	case "/odd/broken":
 		http.Error(w, "database on fire", http.StatusInternalServerError)
 	case "/odd/private":
@@ -367,6 +386,32 @@ func TestBehaviourTable(t *testing.T) {
 		}
 		if r := do(t, c, "PUT", "/odd/private", "x", `If-Match: "p1"`, "Authorization: Bearer letmein"); r.status != 200 {
 			t.Fatalf("the probe must carry the client's credentials: %d %s", r.status, r.body)
+		}
+	})
+
+	t.Run("a read with a query string teaches nothing", func(t *testing.T) {
+		if tag := etagOf("/odd/revisions?rev=1"); tag != `"rev-1"` {
+			t.Fatalf("old revision: %s", tag)
+		}
+		before := odd.count()
+		expectProblem(do(t, c, "PUT", "/odd/revisions", "x", `If-Match: "rev-1"`), 412, "precondition-failed")
+		if odd.count() != before {
+			t.Fatal("a write based on an old revision was forwarded")
+		}
+	})
+
+	t.Run("a weak ETag on a write response is no version", func(t *testing.T) {
+		a := do(t, c, "PUT", "/odd/express", "by A", "If-Match: "+etagOf("/odd/express"))
+		if a.status != 200 || a.header.Get("ETag") != `W/"b-ok"` {
+			t.Fatalf("A: %d %q", a.status, a.header.Get("ETag"))
+		}
+		if b := do(t, c, "PUT", "/odd/express", "by B", "If-Match: "+etagOf("/odd/express")); b.status != 200 {
+			t.Fatalf("B: %d", b.status)
+		}
+		before := odd.count()
+		expectProblem(do(t, c, "PUT", "/odd/express", "by A again", "If-Match: "+a.header.Get("ETag")), 412, "precondition-failed")
+		if odd.count() != before {
+			t.Fatal("A's write chained on a response-body tag overwrote B's")
 		}
 	})
 
