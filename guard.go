@@ -23,8 +23,9 @@ import (
 // forward happen under the resource's lock, so of two writes that name the
 // same version only the first reaches the backend.
 func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if r.Context().Value(guardedCtxKey{}) != nil {
-		// An outer guard checked this write and holds the resource's lock.
+	key := h.resourceKey(r)
+	if outer, _ := r.Context().Value(guardedCtxKey{}).(string); outer == key {
+		// An outer guard checked this write and holds this resource's lock.
 		return next.ServeHTTP(w, r)
 	}
 	cond, err := precondition.Parse(r.Header)
@@ -82,10 +83,9 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 
 	// A guard nested inside this one (in a subroute, say) must not wait
 	// for the lock this one holds.
-	ctx := context.WithValue(r.Context(), guardedCtxKey{}, true)
+	ctx := context.WithValue(r.Context(), guardedCtxKey{}, key)
 	r = r.WithContext(ctx)
 
-	key := h.resourceKey(r)
 	if err := h.lock(ctx, key); err != nil {
 		if ctx.Err() != nil {
 			// The client left while it waited; nobody is there to answer.
@@ -100,7 +100,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			retryAfter: 1,
 		})
 	}
-	held := &heldWrite{h: h, key: key, method: r.Method}
+	held := &heldWrite{h: h, key: key, method: r.Method, locked: true, recordable: h.learnsFrom(r)}
 	// Whatever happens below, including a panic in a later handler, the lock
 	// is released; a write whose outcome was never seen forgets the version.
 	defer held.finish(0, "", "")
@@ -140,14 +140,21 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	}, r)
 }
 
-// guardedCtxKey marks a request whose resource a guard has locked.
+// guardedCtxKey marks a request with the key of the resource a guard has
+// locked for it.
 type guardedCtxKey struct{}
 
-// heldWrite is a write holding its resource's lock.
+// heldWrite is a write in progress: guarded and holding its resource's lock
+// (locked), or let through unguarded, in which case its outcome can only be
+// forgotten.
 type heldWrite struct {
 	h           *Handler
 	key, method string
-	done        bool
+	locked      bool
+	// recordable: the write's URL is the keyed resource itself (see
+	// learnsFrom), so its answer tells that resource's new version.
+	recordable bool
+	done       bool
 }
 
 // finish records the outcome the upstream answered (status 0: unknown) and
@@ -157,8 +164,14 @@ func (hw *heldWrite) finish(status int, etag, lastModified string) {
 		return
 	}
 	hw.done = true
-	hw.h.record(hw.key, hw.method, status, etag, lastModified)
-	hw.h.locks.Unlock(hw.key)
+	if hw.locked && hw.recordable {
+		hw.h.record(hw.key, hw.method, status, etag, lastModified)
+	} else {
+		hw.h.cache.Forget(hw.key)
+	}
+	if hw.locked {
+		hw.h.locks.Unlock(hw.key)
+	}
 }
 
 // release gives the lock up without forwarding: what the cache knows stays.
@@ -167,7 +180,9 @@ func (hw *heldWrite) release() {
 		return
 	}
 	hw.done = true
-	hw.h.locks.Unlock(hw.key)
+	if hw.locked {
+		hw.h.locks.Unlock(hw.key)
+	}
 }
 
 func failedProblem(outcome precondition.Outcome, state precondition.State) problem {
@@ -231,8 +246,12 @@ func (h *Handler) bufferBody(r *http.Request) error {
 // from the upstream when the cache does not know it. A non-nil refusal means
 // the version could not be established and the write must not go on.
 func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (state precondition.State, fromCache bool, refusal func() error) {
-	if v, ok := h.cache.Get(key); ok {
-		return stateOf(v), true, nil
+	// The cache knows the keyed resource, which need not be what a URL
+	// with a query selects.
+	if h.learnsFrom(r) {
+		if v, ok := h.cache.Get(key); ok {
+			return stateOf(v), true, nil
+		}
 	}
 	state, _, refusal = h.probeState(w, r, key, next)
 	return state, false, refusal
@@ -271,7 +290,13 @@ type outcomeWriter struct {
 }
 
 func (ow *outcomeWriter) WriteHeader(status int) {
-	if status >= 200 && !ow.held.done {
+	switch {
+	case ow.held.done:
+	case status == http.StatusSwitchingProtocols:
+		// The connection becomes a tunnel for as long as it lasts; what it
+		// does to the resource is unknown.
+		ow.held.finish(0, "", "")
+	case status >= 200:
 		// Read before an outer handler (such as encode) rewrites them.
 		hdr := ow.Header()
 		ow.held.finish(status, hdr.Get("Etag"), hdr.Get("Last-Modified"))

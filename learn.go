@@ -27,11 +27,12 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 // learnsFrom reports whether a response to r describes the resource r's key
-// names. The default key leaves the query out, and a query often selects
-// another representation or an old revision (?format=xml, ?rev=1): such a
-// response is no evidence of the resource's current version.
+// names. A query often selects another representation, another record or an
+// old revision (?format=xml, ?id=6, ?rev=1): unless the key includes the
+// query, such a response is no evidence of the keyed resource's version, and
+// neither is the outcome of a write to such a URL.
 func (h *Handler) learnsFrom(r *http.Request) bool {
-	return h.Key != "" || (r.URL.RawQuery == "" && !r.URL.ForceQuery)
+	return h.keyHasQuery || (r.URL.RawQuery == "" && !r.URL.ForceQuery)
 }
 
 // learningWriter looks at the final response header on its way out.

@@ -39,6 +39,10 @@ const (
 
 var defaultMethods = []string{http.MethodPut, http.MethodPatch, http.MethodDelete}
 
+// queryPlaceholders are the placeholders through which a key can depend on
+// the query string (the Caddyfile's {uri} and {query} expand to them).
+var queryPlaceholders = []string{"{http.request.uri}", "{http.request.uri.query", "{http.request.orig_uri}", "{http.request.orig_uri.query"}
+
 // Handler enforces preconditions on writes before they reach the next
 // handler (normally reverse_proxy), so that a write based on an old version
 // of a resource is refused instead of silently overwriting a newer one.
@@ -100,10 +104,14 @@ type Handler struct {
 
 	methods  map[string]struct{}
 	matching precondition.Matching
-	locks    *lockmgr.Manager
-	cache    *etagcache.Cache
-	poolKeys []string
-	logger   *zap.Logger
+	// keyHasQuery tells whether the key depends on the query string; when it
+	// does not, responses to requests with a query are no evidence of the
+	// keyed resource's version.
+	keyHasQuery bool
+	locks       *lockmgr.Manager
+	cache       *etagcache.Cache
+	poolKeys    []string
+	logger      *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -145,6 +153,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.Key == defaultKey {
 		h.Key = ""
+	}
+	for _, p := range queryPlaceholders {
+		h.keyHasQuery = h.keyHasQuery || strings.Contains(h.Key, p)
 	}
 	// Check before building anything: a bad option should be reported as
 	// such, not as whatever failed while acting on it.
@@ -237,10 +248,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 	// A method the guard lets through may still change the resource (a POST
-	// that updates it): whatever version was known may be old once it ran.
-	err := next.ServeHTTP(w, r)
-	h.cache.Forget(h.resourceKey(r))
-	return err
+	// that updates it): whatever version was known may be old once the
+	// upstream answers. It is not serialized; guard it to serialize it.
+	unguarded := &heldWrite{h: h, key: h.resourceKey(r), method: r.Method}
+	defer unguarded.finish(0, "", "")
+	return next.ServeHTTP(&outcomeWriter{
+		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		held:                  unguarded,
+	}, r)
 }
 
 // Interface guards

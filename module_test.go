@@ -2,6 +2,7 @@ package writeguard
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -50,6 +51,7 @@ func serve(t *testing.T, h *Handler, next caddyhttp.Handler, method, target, bod
 		req.Header.Add(name, strings.TrimSpace(value))
 	}
 	w := httptest.NewRecorder()
+	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, nil)
 	if err := h.ServeHTTP(w, req, next); err != nil {
 		if he, ok := err.(caddyhttp.HandlerError); ok {
 			w.Code = he.StatusCode
@@ -328,11 +330,50 @@ func TestQueryReadsDoNotTeach(t *testing.T) {
 		store.ServeHTTP(w, r)
 		return nil
 	})
+	for _, key := range []string{"", "{http.request.host}{http.request.uri.path}-custom"} {
+		h := newTestHandler(t, &Handler{Key: key})
+		serve(t, h, revisions, "GET", "/doc?rev=1", "")
+		h.cache.Wait()
+		if w := serve(t, h, revisions, "PUT", "/doc", "v3", "If-Match: "+oldTag); w.Code != http.StatusPreconditionFailed {
+			t.Fatalf("key %q: write based on an old revision: %d", key, w.Code)
+		}
+	}
+	// A key that includes the query names what the query selects.
+	h := newTestHandler(t, &Handler{Key: "{http.request.host}{http.request.uri}"})
+	if !h.learnsFrom(httptest.NewRequest("GET", "/doc?rev=1", nil)) {
+		t.Error("a key with the query must learn from reads with a query")
+	}
+}
+
+// With the default key, writes to URLs with a query (/items?id=6) share the
+// path's key: their outcomes must not stand for the path's version.
+func TestQueryWritesDoNotRecord(t *testing.T) {
+	var mu sync.Mutex
+	versions := map[string]int{"5": 1, "6": 1}
+	counters := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		mu.Lock()
+		defer mu.Unlock()
+		id := r.URL.Query().Get("id")
+		if r.Method == http.MethodPut {
+			versions[id]++
+		}
+		w.Header().Set("Etag", fmt.Sprintf(`"%d"`, versions[id]))
+		w.WriteHeader(http.StatusOK)
+		return nil
+	})
 	h := newTestHandler(t, &Handler{})
-	serve(t, h, revisions, "GET", "/doc?rev=1", "")
-	h.cache.Wait()
-	if w := serve(t, h, revisions, "PUT", "/doc", "v3", "If-Match: "+oldTag); w.Code != http.StatusPreconditionFailed {
-		t.Fatalf("write based on an old revision: %d", w.Code)
+	for _, step := range []struct{ target, ifMatch string }{
+		{"/items?id=6", `"1"`}, // id 6 now at "2"
+		{"/items?id=6", `"2"`}, // "3"
+		{"/items?id=5", `"1"`}, // id 5 at "2"
+	} {
+		if w := serve(t, h, counters, "PUT", step.target, "x", "If-Match: "+step.ifMatch); w.Code != 200 {
+			t.Fatalf("PUT %s: %d", step.target, w.Code)
+		}
+		h.cache.Wait()
+	}
+	if w := serve(t, h, counters, "PUT", "/items?id=6", "stale", `If-Match: "2"`); w.Code != http.StatusPreconditionFailed {
+		t.Fatalf("stale write to ?id=6 with the tag of ?id=5: %d", w.Code)
 	}
 }
 
@@ -408,6 +449,93 @@ func TestUnguardedWriteForgetsVersion(t *testing.T) {
 	h.cache.Wait()
 	if w := serve(t, h, withPost, "PUT", "/doc", "v3", "If-Match: "+store.ETagOf([]byte("v1"))); w.Code != http.StatusPreconditionFailed {
 		t.Fatalf("write based on the version before the POST: %d", w.Code)
+	}
+}
+
+// An unguarded POST's change is visible to guarded writes as soon as its
+// upstream answered.
+func TestUnguardedWriteForgetsWhenUpstreamAnswers(t *testing.T) {
+	store := backend.New()
+	store.Put("/doc", []byte("v1"))
+	headerSent, finish := make(chan struct{}), make(chan struct{})
+	slowPost := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method == http.MethodPost {
+			store.Put(r.URL.Path, []byte("posted"))
+			w.WriteHeader(http.StatusOK)
+			close(headerSent)
+			<-finish
+			_, err := w.Write([]byte("done"))
+			return err
+		}
+		store.ServeHTTP(w, r)
+		return nil
+	})
+	h := newTestHandler(t, &Handler{})
+	serve(t, h, slowPost, "GET", "/doc", "")
+	h.cache.Wait()
+	postDone := make(chan struct{})
+	go func() {
+		defer close(postDone)
+		serve(t, h, slowPost, "POST", "/doc", "posted")
+	}()
+	<-headerSent
+	h.cache.Wait()
+	w := serve(t, h, slowPost, "PUT", "/doc", "v2", "If-Match: "+store.ETagOf([]byte("v1")))
+	close(finish)
+	<-postDone
+	if w.Code != http.StatusPreconditionFailed {
+		t.Fatalf("write based on the version before the POST: %d", w.Code)
+	}
+}
+
+// A write whose answer turns the connection into a tunnel releases its lock.
+func TestUpgradedWriteReleasesLock(t *testing.T) {
+	h := newTestHandler(t, &Handler{Blind: "allow", LockTimeout: caddy.Duration(5 * time.Second)})
+	upgraded, closeTunnel := make(chan struct{}), make(chan struct{})
+	tunnel := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Header.Get("Upgrade") == "" {
+			w.WriteHeader(http.StatusNoContent)
+			return nil
+		}
+		w.WriteHeader(http.StatusSwitchingProtocols)
+		close(upgraded)
+		<-closeTunnel
+		return nil
+	})
+	tunnelDone := make(chan struct{})
+	go func() {
+		defer close(tunnelDone)
+		serve(t, h, tunnel, "PUT", "/doc", "x", "Upgrade: websocket", "Connection: Upgrade")
+	}()
+	<-upgraded
+	second := make(chan int)
+	go func() { second <- serve(t, h, tunnel, "PUT", "/doc", "y").Code }()
+	select {
+	case code := <-second:
+		if code != http.StatusNoContent {
+			t.Fatalf("second write: %d", code)
+		}
+	case <-time.After(4 * time.Second):
+		t.Fatal("a tunnel kept the resource locked")
+	}
+	close(closeTunnel)
+	<-tunnelDone
+}
+
+// A nested guard with another key guards that key; with the same key it
+// defers to the outer guard.
+func TestNestedGuardWithOtherKeyStillGuards(t *testing.T) {
+	store := backend.New()
+	inner := newTestHandler(t, &Handler{Key: "{http.request.uri.path}#inner"})
+	outer := newTestHandler(t, &Handler{Blind: "allow"})
+	through := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return inner.ServeHTTP(w, r, storeHandler(store))
+	})
+	if w := serve(t, outer, through, "PUT", "/doc", "blind"); w.Code != http.StatusPreconditionRequired {
+		t.Fatalf("inner guard with its own key: %d", w.Code)
+	}
+	if _, ok := store.Get("/doc"); ok {
+		t.Fatal("a blind write passed the inner guard")
 	}
 }
 

@@ -197,7 +197,7 @@ func (c *Cache) Learn(key string, s Stamp, v Version) {
 	if s.ctr != ctr || !s.current() {
 		return
 	}
-	if e, ok := c.rc.Get(key); ok && e.ctr == ctr && e.gen == s.gen && e.v.same(v) {
+	if e, ok := c.lookup(key); ok && e.ctr == ctr && e.gen == s.gen && e.v.same(v) {
 		return
 	}
 	c.store(key, entry{ctr: ctr, gen: s.gen, v: v})
@@ -232,13 +232,23 @@ func (c *Cache) Forget(key string) {
 // Get returns the latest known version of key, if the cache knows it and no
 // write happened since it was learned.
 func (c *Cache) Get(key string) (Version, bool) {
-	e, ok := c.rc.Get(key)
+	e, ok := c.lookup(key)
 	if !ok || !e.valid() {
 		c.misses.Add(1)
 		return Version{}, false
 	}
 	c.hits.Add(1)
 	return e.v, true
+}
+
+// lookup reads ristretto unless the cache is closed. The check takes no lock,
+// to keep lookups free of shared writes; Close gives a lookup that passed it
+// just before ample time to finish before ristretto is shut down.
+func (c *Cache) lookup(key string) (entry, bool) {
+	if c.closed.Load() {
+		return entry{}, false
+	}
+	return c.rc.Get(key)
 }
 
 func (c *Cache) store(key string, e entry) {
@@ -299,14 +309,21 @@ func (c *Cache) Wait() {
 	}
 }
 
-// Close releases the cache's goroutines and memory. It waits for stores
-// under way; calls that come after it are harmless, and the cache then knows
-// nothing. Calling Close more than once, even concurrently, is harmless.
+// closeGrace is how long a lookup that began before Close may still run in
+// ristretto before ristretto is shut down: lookups take microseconds.
+const closeGrace = 5 * time.Second
+
+// Close releases the cache's goroutines and memory. Calls that come after it
+// are harmless, and the cache then knows nothing; stores under way finish
+// first, and ristretto itself is shut down closeGrace later, once lookups
+// under way are done: a config reload retires a cache while requests of the
+// old config still use it, and ristretto panics when used as it closes.
+// Calling Close more than once, even concurrently, is harmless.
 func (c *Cache) Close() {
 	c.closeOnce.Do(func() {
 		c.storing.Lock()
-		defer c.storing.Unlock()
 		c.closed.Store(true)
-		c.rc.Close()
+		c.storing.Unlock()
+		time.AfterFunc(closeGrace, c.rc.Close)
 	})
 }
