@@ -137,13 +137,7 @@ func (m *Manager) Lock(ctx context.Context, key string, maxWaiters int) error {
 	// there is one, belongs to someone else.
 	s.mu.Lock()
 	s.waiting.Add(-1)
-	e.refs--
-	last := e.refs == 0
-	if last {
-		// The holder unlocked and no one else waits.
-		delete(s.m, key)
-		e.contended = false
-	}
+	last := s.unref(key, e) // the holder unlocked and no one else waits
 	s.mu.Unlock()
 	if last {
 		recycle(e)
@@ -167,19 +161,27 @@ func (m *Manager) Unlock(key string) {
 	}
 	// Decrement before the handoff so that Held never counts two holders.
 	s.held.Add(-1)
-	e.refs--
 	if e.contended {
 		<-e.sem
 	}
-	last := e.refs == 0
-	if last {
-		delete(s.m, key)
-		e.contended = false
-	}
+	last := s.unref(key, e)
 	s.mu.Unlock()
 	if last {
 		recycle(e)
 	}
+}
+
+// unref drops one reference to key's entry e, with s.mu held. The last one
+// removes the entry from the map; the caller then recycles it once s.mu is
+// released.
+func (s *shard) unref(key string, e *entry) (last bool) {
+	e.refs--
+	if e.refs != 0 {
+		return false
+	}
+	delete(s.m, key)
+	e.contended = false
+	return true
 }
 
 // recycle returns an entry nobody can reach any more to the pool.
