@@ -117,7 +117,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			// another representation's tag or miss a change made behind the
 			// proxy's back. And trust absence only when seen under the lock:
 			// a read may have been answered 404 for reasons of its own.
-			state, _, refusal = h.probeState(w, r, key, next)
+			state, refusal = h.probeState(w, r, key, next)
 			if refusal != nil {
 				held.release()
 				return refusal()
@@ -253,7 +253,7 @@ func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, key strin
 			return stateOf(v), true, nil
 		}
 	}
-	state, _, refusal = h.probeState(w, r, key, next)
+	state, refusal = h.probeState(w, r, key, next)
 	return state, false, refusal
 }
 

@@ -21,9 +21,11 @@ var probeStripped = [...]string{
 }
 
 // probeState asks the upstream for the resource's current version, through
-// the next handler so that it reaches exactly the upstream the write would,
+// the next handler so that it takes the same route as the write would,
 // with the client's own credentials. The answer is also taught to the cache.
-func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (precondition.State, bool, func() error) {
+// A non-nil refusal means the version could not be established; it answers
+// the client instead of the write.
+func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (state precondition.State, refusal func() error) {
 	stamp := h.cache.Stamp(key)
 	resp, err := h.probe(r, http.MethodHead, next)
 	if err == nil && (resp.status == http.StatusMethodNotAllowed || resp.status == http.StatusNotImplemented) {
@@ -39,14 +41,14 @@ func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string,
 			if h.learnsFrom(r) {
 				h.cache.Learn(key, stamp, v)
 			}
-			return stateOf(v), true, nil
+			return stateOf(v), nil
 		case resp.status >= 200 && resp.status < 300:
 			// It exists, but the upstream names no version.
-			return precondition.State{Exists: true}, true, nil
+			return precondition.State{Exists: true}, nil
 		case resp.status == http.StatusUnauthorized || resp.status == http.StatusForbidden:
 			// The client may not read the resource: let it see why, exactly
 			// as the upstream said it.
-			return precondition.State{}, false, func() error {
+			return precondition.State{}, func() error {
 				h.logRejection(r, "unauthorized", "")
 				return resp.replay(w)
 			}
@@ -56,7 +58,7 @@ func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string,
 	if err != nil {
 		detail = "The upstream could not be reached to check the resource's current version, so the write was not forwarded. Retry later."
 	}
-	return precondition.State{}, false, func() error {
+	return precondition.State{}, func() error {
 		h.logRejection(r, "probe_failed", "")
 		return writeProblem(w, r, problem{
 			Type:   problemProbeFailed,
