@@ -311,7 +311,10 @@ func (c *Cache) Wait() {
 
 // closeGrace is how long a lookup that began before Close may still run in
 // ristretto before ristretto is shut down: lookups take microseconds.
-const closeGrace = 5 * time.Second
+const closeGrace = time.Second
+
+// closing counts the caches whose ristretto is still to be shut down.
+var closing sync.WaitGroup
 
 // Close releases the cache's goroutines and memory. Calls that come after it
 // are harmless, and the cache then knows nothing; stores under way finish
@@ -324,6 +327,10 @@ func (c *Cache) Close() {
 		c.storing.Lock()
 		c.closed.Store(true)
 		c.storing.Unlock()
-		time.AfterFunc(closeGrace, c.rc.Close)
+		closing.Add(1)
+		time.AfterFunc(closeGrace, func() {
+			defer closing.Done()
+			c.rc.Close()
+		})
 	})
 }
