@@ -80,7 +80,7 @@ func (o *oddUpstream) count() int {
 func TestBehaviourTable(t *testing.T) {
 	big := `{"note":"` + strings.Repeat("lorem ipsum ", 100) + `"}`
 	main := newStore(map[string]string{
-		"/notes/1": `{"v":1}`, "/notes/2": `{"v":1}`, "/notes/3": `{"v":1}`,
+		"/notes/1": `{"v":1}`, "/notes/2": `{"v":1}`, "/notes/3": `{"v":1}`, "/notes/post": "v1",
 		"/gz/doc": big, "/conflict/1": "x", "/open/1": "x", "/small/1": "x",
 	})
 	weak := newStore(map[string]string{"/weak/1": "w", "/strict/1": "s"})
@@ -168,8 +168,19 @@ func TestBehaviourTable(t *testing.T) {
 		if r := do(t, c, "GET", "/notes/none", ""); r.status != 404 {
 			t.Fatalf("GET missing: %d", r.status)
 		}
-		if r := do(t, c, "POST", "/notes/1", "x"); r.status != 405 {
+		if r := do(t, c, "OPTIONS", "/notes/1", ""); r.status != 405 {
+			t.Fatalf("OPTIONS must reach the backend untouched: %d", r.status)
+		}
+	})
+
+	t.Run("an unguarded POST makes the guard forget the version", func(t *testing.T) {
+		tag := etagOf("/notes/post")
+		if r := do(t, c, "POST", "/notes/post", "posted"); r.status != 200 || mustBody(t, main, "/notes/post") != "posted" {
 			t.Fatalf("unguarded POST must reach the backend: %d", r.status)
+		}
+		expectProblem(do(t, c, "PUT", "/notes/post", "over the POST", "If-Match: "+tag), 412, "precondition-failed")
+		if mustBody(t, main, "/notes/post") != "posted" {
+			t.Fatal("a write based on the version before the POST overwrote it")
 		}
 	})
 

@@ -124,7 +124,8 @@ func (s *Store) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet {
 			w.Write(it.body)
 		}
-	case http.MethodPut, http.MethodPatch:
+	case http.MethodPut, http.MethodPatch, http.MethodPost:
+		// POST replaces the document too, as legacy form handlers do.
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -167,7 +168,7 @@ func (s *Store) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	default:
-		w.Header().Set("Allow", "GET, HEAD, PUT, PATCH, DELETE")
+		w.Header().Set("Allow", "GET, HEAD, PUT, PATCH, POST, DELETE")
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 	}
 }
