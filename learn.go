@@ -18,7 +18,7 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	key := h.resourceKey(r)
 	lw := &learningWriter{
-		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		cache:                 h.cache,
 		key:                   key,
 		stamp:                 h.cache.Stamp(key),
@@ -37,7 +37,8 @@ func (h *Handler) learnsFrom(r *http.Request) bool {
 
 // learningWriter looks at the final response header on its way out.
 type learningWriter struct {
-	*caddyhttp.ResponseWriterWrapper
+	// Embedded by value: one allocation per request fewer.
+	caddyhttp.ResponseWriterWrapper
 	cache       *etagcache.Cache
 	key         string
 	stamp       etagcache.Stamp

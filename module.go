@@ -253,7 +253,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	unguarded := &heldWrite{h: h, key: h.resourceKey(r), method: r.Method}
 	defer unguarded.finish(0, "", "")
 	return next.ServeHTTP(&outcomeWriter{
-		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		held:                  unguarded,
 	}, r)
 }

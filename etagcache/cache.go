@@ -176,10 +176,6 @@ func New(cfg Config) (*Cache, error) {
 	return c, nil
 }
 
-// Generations returns the generations the cache validates its entries
-// against.
-func (c *Cache) Generations() *Generations { return c.gens }
-
 // Stamp captures the current generation of key; see Generations.Stamp.
 func (c *Cache) Stamp(key string) Stamp { return c.gens.Stamp(key) }
 
