@@ -20,14 +20,17 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	write_guard [<matcher>] {
-//		methods      <method...>     # default: PUT PATCH DELETE
-//		blind        428|409|allow   # default: 428
-//		etag_match   default|strict  # default: default
-//		key          <template>      # default: {http.request.host}{http.request.uri.path}
-//		lock_timeout <duration>      # default: 30s
-//		cache_size   <entries>|<size> # default: 1000000 (entries); a size such as 64MiB bounds memory
-//		cache_ttl    <duration>      # default: 10m
-//		max_body     <size>          # default: 10MiB
+//		methods       <method...>       # default: PUT PATCH DELETE
+//		blind         428|409|allow     # default: 428
+//		etag_match    default|strict    # default: default
+//		key           <template>        # default: {http.request.host}{http.request.uri.path}
+//		lock_timeout  <duration>        # default: 30s
+//		cache_size    <entries>|<size>  # default: 1000000 (entries); a size such as 64MiB bounds memory
+//		cache_ttl     <duration>        # default: 10m
+//		max_body      <size>            # default: 10MiB
+//		etags         upstream|hash     # default: upstream
+//		hash_max_body <size>            # default: 16MiB (etags hash only)
+//		revalidate    miss|always       # default: miss
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -113,6 +116,37 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_body: %q is not a size such as 10MiB", d.Val())
 			}
 			h.MaxBody = int64(size)
+		case "etags":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch d.Val() {
+			case "upstream":
+			case "hash":
+				h.ETags = "hash"
+			default:
+				return d.Errf("etags: %q is not one of upstream, hash", d.Val())
+			}
+		case "hash_max_body":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			size, err := humanize.ParseBytes(d.Val())
+			if err != nil || size == 0 {
+				return d.Errf("hash_max_body: %q is not a size such as 16MiB", d.Val())
+			}
+			h.HashMaxBody = int64(size)
+		case "revalidate":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch d.Val() {
+			case "miss":
+			case "always":
+				h.Revalidate = "always"
+			default:
+				return d.Errf("revalidate: %q is not one of miss, always", d.Val())
+			}
 		default:
 			return d.Errf("unrecognized subdirective %q", opt)
 		}

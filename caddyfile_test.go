@@ -30,6 +30,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				cache_size 5000
 				cache_ttl 2m
 				max_body 1MiB
+				etags hash
+				hash_max_body 2MiB
+				revalidate always
 			}`,
 			want: Handler{
 				Methods:     []string{"PUT", "PATCH", "DELETE", "POST"},
@@ -40,6 +43,9 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				CacheSize:   5000,
 				CacheTTL:    caddy.Duration(2 * time.Minute),
 				MaxBody:     1 << 20,
+				ETags:       "hash",
+				HashMaxBody: 2 << 20,
+				Revalidate:  "always",
 			},
 		},
 		{name: "cache size in bytes", input: "write_guard {\ncache_size 64MiB\n}", want: Handler{CacheBytes: 64 << 20}},
@@ -57,6 +63,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "zero duration", input: "write_guard {\ncache_ttl 0s\n}", err: "not a positive duration"},
 		{name: "bad cache size", input: "write_guard {\ncache_size lots\n}", err: "neither a number of entries nor a size"},
 		{name: "negative cache size", input: "write_guard {\ncache_size -5\n}", err: "must be positive"},
+		{name: "etags upstream", input: "write_guard {\netags upstream\nrevalidate miss\n}", want: Handler{}},
+		{name: "bad etags", input: "write_guard {\netags weak\n}", err: "not one of upstream, hash"},
+		{name: "bad revalidate", input: "write_guard {\nrevalidate sometimes\n}", err: "not one of miss, always"},
+		{name: "bad hash_max_body", input: "write_guard {\nhash_max_body big\n}", err: "not a size"},
 		{name: "bad max_body", input: "write_guard {\nmax_body huge\n}", err: "not a size"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -90,6 +100,10 @@ func TestValidate(t *testing.T) {
 		{name: "bad etag_match in JSON", h: Handler{ETagMatch: "weak"}, err: "etag_match"},
 		{name: "both cache bounds", h: Handler{CacheSize: 5000, CacheBytes: 1 << 20}, err: "exclusive"},
 		{name: "negative max_body", h: Handler{MaxBody: -1}, err: "max_body"},
+		{name: "bad etags in JSON", h: Handler{ETags: "weak"}, err: "etags"},
+		{name: "bad revalidate in JSON", h: Handler{Revalidate: "never"}, err: "revalidate"},
+		{name: "hash_max_body without etags hash", h: Handler{HashMaxBody: 1 << 20}, err: "applies only with etags hash"},
+		{name: "etags hash", h: Handler{ETags: "hash", HashMaxBody: 1 << 20, Revalidate: "always"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := tc.h

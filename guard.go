@@ -100,7 +100,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			retryAfter: 1,
 		})
 	}
-	held := &heldWrite{h: h, key: key, method: r.Method, locked: true, recordable: h.learnsFrom(r)}
+	held := &heldWrite{h: h, key: key, method: r.Method, locked: true, recordable: h.learnsFrom(r), r: r, next: next}
 	// Whatever happens below, including a panic in a later handler, the lock
 	// is released; a write whose outcome was never seen forgets the version.
 	defer held.finish(0, "", "")
@@ -130,7 +130,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			if c := h.logger.Check(zapcore.DebugLevel, "precondition failed"); c != nil {
 				c.Write(zap.String("key", key), zap.String("current_etag", state.ETag), zap.Bool("exists", state.Exists))
 			}
-			return writeProblem(w, r, failedProblem(outcome, state))
+			return writeProblem(w, r, h.failedProblem(outcome, state))
 		}
 	}
 
@@ -155,6 +155,9 @@ type heldWrite struct {
 	// learnsFrom), so its answer tells that resource's new version.
 	recordable bool
 	done       bool
+	// r and next let a guard with `etags hash` ask for the new version.
+	r    *http.Request
+	next caddyhttp.Handler
 }
 
 // finish records the outcome the upstream answered (status 0: unknown) and
@@ -174,6 +177,29 @@ func (hw *heldWrite) finish(status int, etag, lastModified string) {
 	}
 }
 
+// finishHashed ends a write with `etags hash`: the upstream's answer names
+// no version the guard can use, so after a successful write the guard asks
+// for the new representation, still under the lock, records its tag and
+// hands it to the client in the response's ETag.
+func (hw *heldWrite) finishHashed(status int, hdr http.Header) {
+	hdr.Del("Etag")
+	if hw.done || !hw.locked || status < 200 || status >= 300 || hw.method == http.MethodDelete {
+		hw.finish(status, "", "")
+		return
+	}
+	hw.done = true
+	defer hw.h.locks.Unlock(hw.key)
+	_, v, known, err := hw.h.probeVersion(hw.r, hw.next)
+	if err != nil || !known || !hw.recordable {
+		hw.h.cache.Forget(hw.key)
+	} else {
+		hw.h.cache.Record(hw.key, v)
+	}
+	if err == nil && known && v.Exists && v.ETag != "" {
+		hdr.Set("Etag", v.ETag)
+	}
+}
+
 // release gives the lock up without forwarding: what the cache knows stays.
 func (hw *heldWrite) release() {
 	if hw.done {
@@ -185,7 +211,7 @@ func (hw *heldWrite) release() {
 	}
 }
 
-func failedProblem(outcome precondition.Outcome, state precondition.State) problem {
+func (h *Handler) failedProblem(outcome precondition.Outcome, state precondition.State) problem {
 	p := problem{
 		Type:   problemPreconditionFailed,
 		Title:  "Precondition failed",
@@ -199,6 +225,8 @@ func failedProblem(outcome precondition.Outcome, state precondition.State) probl
 		p.Detail = "The resource does not exist any more (it was deleted after you read it). GET it to confirm; to create it anew, send If-None-Match: * instead."
 	case outcome == precondition.FailedIfUnmodifiedSince && state.LastModified.IsZero():
 		p.Detail = "The resource has no Last-Modified date to compare If-Unmodified-Since with. GET it and send If-Match with its ETag instead."
+	case outcome == precondition.FailedIfMatch && state.ETag == "" && h.hashTags:
+		p.Detail = fmt.Sprintf("The resource is larger than %d bytes (hash_max_body), so this proxy gives it no ETag and If-Match cannot name its version. Use If-Unmodified-Since with its Last-Modified date instead.", h.HashMaxBody)
 	case outcome == precondition.FailedIfMatch && state.ETag == "":
 		p.Detail = "The upstream sends no ETag for this resource, so If-Match cannot name its version. Use If-Unmodified-Since with its Last-Modified date instead."
 	default:
@@ -248,7 +276,7 @@ func (h *Handler) bufferBody(r *http.Request) error {
 func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (state precondition.State, fromCache bool, refusal func() error) {
 	// The cache knows the keyed resource, which need not be what a URL
 	// with a query selects.
-	if h.learnsFrom(r) {
+	if h.learnsFrom(r) && !h.revalidateAlways {
 		if v, ok := h.cache.Get(key); ok {
 			return stateOf(v), true, nil
 		}
@@ -297,6 +325,8 @@ func (ow *outcomeWriter) WriteHeader(status int) {
 		// The connection becomes a tunnel for as long as it lasts; what it
 		// does to the resource is unknown.
 		ow.held.finish(0, "", "")
+	case status >= 200 && ow.held.h.hashTags:
+		ow.held.finishHashed(status, ow.Header())
 	case status >= 200:
 		// Read before an outer handler (such as encode) rewrites them.
 		hdr := ow.Header()

@@ -102,8 +102,33 @@ type Handler struct {
 	// 413. Default: 10485760 (10 MiB).
 	MaxBody int64 `json:"max_body,omitempty"`
 
-	methods  map[string]struct{}
-	matching precondition.Matching
+	// ETags selects who names versions. "upstream" uses the ETag and
+	// Last-Modified the upstream sends. "hash" is for upstreams whose
+	// entity-tags are missing or do not change with the content: the guard
+	// tags every 2xx GET response with a SHA-256 digest of its body
+	// (replacing the upstream's ETag), checks writes against the digest of
+	// the current representation, and returns the new tag in the ETag of a
+	// successful write's response. Default: "upstream".
+	ETags string `json:"etags,omitempty"`
+
+	// HashMaxBody is the largest representation tagged with `etags hash`, in
+	// bytes. Larger responses pass untagged; writes to such resources can
+	// use If-Unmodified-Since. Default: 16777216 (16 MiB).
+	HashMaxBody int64 `json:"hash_max_body,omitempty"`
+
+	// Revalidate selects when a write's preconditions are checked against
+	// the upstream itself rather than the cache: "miss" when the cache does
+	// not know the resource's version, "always" before every write, which
+	// costs one upstream request per write but also catches changes made by
+	// writers that do not go through this proxy. Default: "miss".
+	Revalidate string `json:"revalidate,omitempty"`
+
+	methods map[string]struct{}
+	// hashTags and revalidateAlways cache ETags == "hash" and
+	// Revalidate == "always".
+	hashTags         bool
+	revalidateAlways bool
+	matching         precondition.Matching
 	// keyHasQuery tells whether the key depends on the query string; when it
 	// does not, responses to requests with a query are no evidence of the
 	// keyed resource's version.
@@ -151,6 +176,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxBody == 0 {
 		h.MaxBody = DefaultMaxBody
 	}
+	h.hashTags = h.ETags == "hash"
+	if h.hashTags && h.HashMaxBody == 0 {
+		h.HashMaxBody = DefaultHashMaxBody
+	}
+	h.revalidateAlways = h.Revalidate == "always"
 	if h.Key == defaultKey {
 		h.Key = ""
 	}
@@ -207,6 +237,22 @@ func (h *Handler) Validate() error {
 	default:
 		return fmt.Errorf("etag_match: %q is not one of default, strict", h.ETagMatch)
 	}
+	switch h.ETags {
+	case "", "upstream", "hash":
+	default:
+		return fmt.Errorf("etags: %q is not one of upstream, hash", h.ETags)
+	}
+	if h.HashMaxBody < 0 {
+		return fmt.Errorf("hash_max_body must not be negative")
+	}
+	if h.HashMaxBody > 0 && h.ETags != "hash" {
+		return fmt.Errorf("hash_max_body applies only with etags hash")
+	}
+	switch h.Revalidate {
+	case "", "miss", "always":
+	default:
+		return fmt.Errorf("revalidate: %q is not one of miss, always", h.Revalidate)
+	}
 	if h.LockTimeout < 0 {
 		return fmt.Errorf("lock_timeout must not be negative")
 	}
@@ -243,6 +289,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case guarded:
 		return h.serveWrite(w, r, next)
 	case r.Method == http.MethodGet || r.Method == http.MethodHead:
+		if h.hashTags {
+			return h.serveHashedRead(w, r, next)
+		}
 		return h.serveRead(w, r, next)
 	case r.Method == http.MethodOptions || r.Method == http.MethodTrace:
 		return next.ServeHTTP(w, r)

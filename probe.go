@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/writeguard/caddy-writeguard/etagcache"
 	"github.com/writeguard/caddy-writeguard/precondition"
 )
 
@@ -27,15 +28,11 @@ var probeStripped = [...]string{
 // the client instead of the write.
 func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (state precondition.State, refusal func() error) {
 	stamp := h.cache.Stamp(key)
-	resp, err := h.probe(r, http.MethodHead, next)
-	if err == nil && (resp.status == http.StatusMethodNotAllowed || resp.status == http.StatusNotImplemented) {
-		resp, err = h.probe(r, http.MethodGet, next)
-	}
+	resp, v, known, err := h.probeVersion(r, next)
 	if c := h.logger.Check(zapcore.DebugLevel, "probed upstream"); c != nil {
-		c.Write(zap.String("key", key), zap.Int("status", resp.status), zap.String("etag", resp.header.Get("Etag")), zap.Error(err))
+		c.Write(zap.String("key", key), zap.Int("status", resp.status), zap.String("etag", v.ETag), zap.Error(err))
 	}
 	if err == nil {
-		v, known := versionFromResponse(resp.status, resp.header.Get("Etag"), resp.header.Get("Last-Modified"))
 		switch {
 		case known:
 			if h.learnsFrom(r) {
@@ -43,7 +40,7 @@ func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string,
 			}
 			return stateOf(v), nil
 		case resp.status >= 200 && resp.status < 300:
-			// It exists, but the upstream names no version.
+			// It exists, but nothing names its version.
 			return precondition.State{Exists: true}, nil
 		case resp.status == http.StatusUnauthorized || resp.status == http.StatusForbidden:
 			// The client may not read the resource: let it see why, exactly
@@ -69,11 +66,40 @@ func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string,
 	}
 }
 
+// probeVersion asks the upstream for the resource's current version: a HEAD
+// (a GET where HEAD is refused) for the upstream's validators, or with
+// `etags hash` a GET whose body is hashed and discarded. known is false when
+// the answer names no version.
+func (h *Handler) probeVersion(r *http.Request, next caddyhttp.Handler) (resp *probeResponse, v etagcache.Version, known bool, err error) {
+	if h.hashTags {
+		resp, err = h.probe(r, http.MethodGet, next)
+	} else {
+		resp, err = h.probe(r, http.MethodHead, next)
+		if err == nil && (resp.status == http.StatusMethodNotAllowed || resp.status == http.StatusNotImplemented) {
+			resp, err = h.probe(r, http.MethodGet, next)
+		}
+	}
+	if err != nil {
+		return resp, etagcache.Version{}, false, err
+	}
+	etag := resp.header.Get("Etag")
+	if h.hashTags {
+		etag = ""
+		if resp.hash != nil && resp.status != http.StatusPartialContent {
+			etag = resp.hash.etag()
+		}
+	}
+	v, known = versionFromResponse(resp.status, etag, resp.header.Get("Last-Modified"))
+	return resp, v, known, nil
+}
+
 // probeResponse is what the upstream answered a probe.
 type probeResponse struct {
 	status int
 	header http.Header
 	body   bytes.Buffer
+	// hash digests a 2xx GET's body with `etags hash`.
+	hash *bodyHash
 }
 
 // probeBodyLimit bounds what is kept of a probe's body: only an error page
@@ -94,6 +120,9 @@ func (h *Handler) probe(r *http.Request, method string, next caddyhttp.Handler) 
 	// A cache between Caddy and the origin must not answer for the origin.
 	pr.Header.Set("Cache-Control", "no-cache")
 	resp := &probeResponse{header: make(http.Header)}
+	if h.hashTags && method == http.MethodGet {
+		resp.hash = newBodyHash(h.HashMaxBody)
+	}
 	err := next.ServeHTTP(&probeWriter{resp: resp}, pr)
 	if err == nil && resp.status == 0 {
 		resp.status = http.StatusOK
@@ -131,6 +160,9 @@ func (pw *probeWriter) WriteHeader(status int) {
 func (pw *probeWriter) Write(p []byte) (int, error) {
 	if !pw.wroteHeader {
 		pw.WriteHeader(http.StatusOK)
+	}
+	if pw.resp.hash != nil && pw.resp.status >= 200 && pw.resp.status < 300 {
+		pw.resp.hash.Write(p)
 	}
 	if room := probeBodyLimit - pw.resp.body.Len(); room > 0 {
 		pw.resp.body.Write(p[:min(len(p), room)])

@@ -207,7 +207,25 @@ func (c *Cache) Learn(key string, s Stamp, v Version) {
 func (c *Cache) Record(key string, v Version) {
 	ctr := c.gens.stripe(key)
 	gen := ctr.Add(1)
+	c.settle(key)
 	c.store(key, entry{ctr: ctr, gen: gen, v: v})
+}
+
+// settle lets ristretto apply the stores already queued when key is not in
+// its store yet. ristretto queues the store of a key it does not hold and
+// rejects a second such store that reaches its queue before the first was
+// applied, so a write recorded just after a probe taught the key would be
+// lost, and the next write would have to ask the upstream again. Reads do
+// not settle: losing one of two concurrent learns costs nothing.
+func (c *Cache) settle(key string) {
+	c.storing.RLock()
+	defer c.storing.RUnlock()
+	if c.closed.Load() {
+		return
+	}
+	if _, ok := c.rc.Get(key); !ok {
+		c.rc.Wait()
+	}
 }
 
 // Forget makes the state of key unknown, for instance after a write whose

@@ -517,3 +517,18 @@ func TestCloseRacingStores(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+// A write recorded right after a read taught a new key must not be lost to
+// ristretto's queue of new keys.
+func TestRecordRightAfterLearn(t *testing.T) {
+	c := newCache(t, Config{MaxEntries: 1000})
+	for i := 0; i < 200; i++ {
+		key := fmt.Sprintf("/doc/%d", i)
+		c.Learn(key, c.Stamp(key), Version{Exists: true, ETag: `"v1"`})
+		c.Record(key, Version{Exists: true, ETag: `"v2"`})
+		c.Wait()
+		if v, ok := c.Get(key); !ok || v.ETag != `"v2"` {
+			t.Fatalf("%s: Get = %+v, %v after Record of v2", key, v, ok)
+		}
+	}
+}

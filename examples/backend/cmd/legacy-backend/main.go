@@ -13,7 +13,7 @@ import (
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:9001", "address to serve on")
-	etags := flag.String("etags", "strong", "strong, weak or none")
+	etags := flag.String("etags", "strong", "strong, weak, none or mtime (\"<seconds>-<size>\", as file servers send)")
 	delay := flag.Duration("write-delay", 0, "how long each write takes")
 	flag.Parse()
 
@@ -25,8 +25,10 @@ func main() {
 		store.ETags = backend.WeakETags
 	case "none":
 		store.ETags = backend.NoETags
+	case "mtime":
+		store.ETags = backend.MTimeETags
 	default:
-		log.Fatalf("-etags: %q is not strong, weak or none", *etags)
+		log.Fatalf("-etags: %q is not strong, weak, none or mtime", *etags)
 	}
 	store.Put("/notes/1", []byte(`{"title":"shopping","items":["milk"]}`))
 
