@@ -45,7 +45,7 @@ func BenchmarkReadPath(b *testing.B) {
 		}
 	})
 	b.Run("guarded", func(b *testing.B) {
-		h := newBenchHandler(b)
+		h := newBenchHandler(b, &Handler{})
 		w := &discardWriter{h: http.Header{}}
 		b.ReportAllocs()
 		for i := 0; b.Loop(); i++ {
@@ -58,7 +58,7 @@ func BenchmarkReadPath(b *testing.B) {
 // knows: parse, lock, look up, evaluate, forward, record.
 func BenchmarkWritePathCacheHit(b *testing.B) {
 	reqs := benchRequests(http.MethodPut, 1024)
-	h := newBenchHandler(b)
+	h := newBenchHandler(b, &Handler{})
 	w := &discardWriter{h: http.Header{}}
 	for _, r := range reqs {
 		h.ServeHTTP(w, r, upstreamStub)
@@ -70,9 +70,9 @@ func BenchmarkWritePathCacheHit(b *testing.B) {
 	}
 }
 
-func newBenchHandler(b *testing.B) *Handler {
+func newBenchHandler(b *testing.B, h *Handler) *Handler {
 	b.Helper()
-	h := &Handler{CacheSize: 100_000}
+	h.CacheSize = 100_000
 	ctx, cancel := newCaddyContext()
 	b.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {

@@ -85,8 +85,12 @@ func (h *Handler) probeVersion(r *http.Request, next caddyhttp.Handler) (resp *p
 	etag := resp.header.Get("Etag")
 	if h.hashTags {
 		etag = ""
-		if resp.hash != nil && resp.status != http.StatusPartialContent {
-			etag = resp.hash.etag()
+		if resp.hash != nil {
+			if resp.status != http.StatusPartialContent {
+				etag = resp.hash.etag()
+			}
+			resp.hash.release()
+			resp.hash = nil
 		}
 	}
 	v, known = versionFromResponse(resp.status, etag, resp.header.Get("Last-Modified"))
