@@ -20,17 +20,21 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	write_guard [<matcher>] {
-//		methods       <method...>       # default: PUT PATCH DELETE
-//		blind         428|409|allow     # default: 428
-//		etag_match    default|strict    # default: default
-//		key           <template>        # default: {http.request.host}{http.request.uri.path}
-//		lock_timeout  <duration>        # default: 30s
-//		cache_size    <entries>|<size>  # default: 1000000 (entries); a size such as 64MiB bounds memory
-//		cache_ttl     <duration>        # default: 10m
-//		max_body      <size>            # default: 10MiB
-//		etags         upstream|hash     # default: upstream
-//		hash_max_body <size>            # default: 16MiB (etags hash only)
-//		revalidate    miss|always       # default: miss
+//		methods         <method...>       # default: PUT PATCH DELETE
+//		blind           428|409|allow     # default: 428
+//		etag_match      default|strict    # default: default
+//		key             <template>        # default: {http.request.host}{http.request.uri.path}
+//		lock_timeout    <duration>        # default: 30s
+//		cache_size      <entries>|<size>  # default: 1000000 (entries); a size such as 64MiB bounds memory
+//		cache_ttl       <duration>        # default: 10m
+//		max_body        <size>            # default: 10MiB
+//		etags           upstream|hash     # default: upstream
+//		hash_max_body   <size>            # default: 16MiB (etags hash only)
+//		revalidate      miss|always       # default: miss
+//		max_body_memory <size>            # default: 1MiB (the rest of a body goes to a temporary file)
+//		max_waiters     <n>               # default: 128
+//		write_timeout   <duration>        # default: 30s
+//		method_override <field...>|off    # default: X-HTTP-Method-Override X-HTTP-Method X-Method-Override
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -147,10 +151,49 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				return d.Errf("revalidate: %q is not one of miss, always", d.Val())
 			}
+		case "max_body_memory":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			size, err := humanize.ParseBytes(d.Val())
+			if err != nil || size == 0 {
+				return d.Errf("max_body_memory: %q is not a size such as 1MiB", d.Val())
+			}
+			h.MaxBodyMemory = int64(size)
+		case "max_waiters":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n <= 0 {
+				return d.Errf("max_waiters: %q is not a positive number", d.Val())
+			}
+			h.MaxWaiters = n
+		case "write_timeout":
+			dur, err := parseDuration(d)
+			if err != nil {
+				return err
+			}
+			h.WriteTimeout = dur
+		case "method_override":
+			fields := d.RemainingArgs()
+			switch {
+			case len(fields) == 0:
+				return d.ArgErr()
+			case len(fields) == 1 && fields[0] == "off":
+				h.MethodOverrideOff = true
+			default:
+				for _, f := range fields {
+					if !validFieldName(f) {
+						return d.Errf("method_override: %q is not a header field name", f)
+					}
+				}
+				h.MethodOverride = fields
+			}
 		default:
 			return d.Errf("unrecognized subdirective %q", opt)
 		}
-		if opt != "methods" && d.NextArg() {
+		if opt != "methods" && opt != "method_override" && d.NextArg() {
 			return d.ArgErr()
 		}
 	}

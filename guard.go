@@ -1,7 +1,6 @@
 package writeguard
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/writeguard/caddy-writeguard/etagcache"
+	"github.com/writeguard/caddy-writeguard/lockmgr"
 	"github.com/writeguard/caddy-writeguard/precondition"
 )
 
@@ -22,7 +22,10 @@ import (
 // resource's current version and forwards it only if they hold. Check and
 // forward happen under the resource's lock, so of two writes that name the
 // same version only the first reaches the backend.
-func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+//
+// method is the method the request asks for: r.Method, or the one a method
+// override header names.
+func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, method string) error {
 	key := h.resourceKey(r)
 	if outer, _ := r.Context().Value(guardedCtxKey{}).(string); outer == key {
 		// An outer guard checked this write and holds this resource's lock.
@@ -58,7 +61,9 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 
 	// Read the whole body before taking the lock, so that a slow client
 	// never holds up other writers of the resource.
-	if err := h.bufferBody(r); err != nil {
+	discard, err := h.bufferBody(r)
+	defer discard()
+	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			h.logRejection(r, "too_large", "")
@@ -71,6 +76,11 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		}
 		if r.Context().Err() != nil {
 			return caddyhttp.Error(499, err) // the client is gone
+		}
+		var spool *spoolError
+		if errors.As(err, &spool) {
+			// The write was fine; this server could not hold it.
+			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		h.logRejection(r, "bad_request", "")
 		return writeProblem(w, r, problem{
@@ -91,19 +101,37 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			// The client left while it waited; nobody is there to answer.
 			return caddyhttp.Error(499, err)
 		}
+		detail := fmt.Sprintf("Other writes to this resource kept it locked for more than %s. Retry after the time given in Retry-After, with the same precondition.", time.Duration(h.LockTimeout))
+		if errors.Is(err, lockmgr.ErrTooManyWaiters) {
+			detail = fmt.Sprintf("%d other writes to this resource are already waiting. Retry after the time given in Retry-After, with the same precondition.", h.MaxWaiters)
+		}
 		h.logRejection(r, "busy", "")
 		return writeProblem(w, r, problem{
 			Type:       problemResourceBusy,
 			Title:      "Resource busy",
 			Status:     http.StatusConflict,
-			Detail:     fmt.Sprintf("Other writes to this resource kept it locked for more than %s. Retry after the time given in Retry-After, with the same precondition.", time.Duration(h.LockTimeout)),
+			Detail:     detail,
 			retryAfter: 1,
 		})
 	}
-	held := &heldWrite{h: h, key: key, method: r.Method, locked: true, recordable: h.learnsFrom(r), r: r, next: next}
+	held := &heldWrite{
+		h: h, key: key, method: method, locked: true,
+		// A write whose method was overridden may be applied as either.
+		recordable: h.learnsFrom(r) && method == r.Method,
+		r:          r, next: next,
+	}
 	// Whatever happens below, including a panic in a later handler, the lock
 	// is released; a write whose outcome was never seen forgets the version.
 	defer held.finish(0, "", "")
+
+	// Everything done under the lock until the upstream answers the write
+	// is bounded by write_timeout, so that a hung upstream cannot hold the
+	// resource for longer.
+	lockedCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	timer := time.AfterFunc(time.Duration(h.WriteTimeout), func() { cancel(errWriteTimeout) })
+	defer timer.Stop()
+	r = r.WithContext(lockedCtx)
 
 	if !cond.Blind() {
 		state, fromCache, refusal := h.currentState(w, r, key, next)
@@ -134,10 +162,51 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		}
 	}
 
-	return next.ServeHTTP(&outcomeWriter{
+	err = next.ServeHTTP(&outcomeWriter{
 		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		held:                  held,
+		timer:                 timer,
 	}, r)
+	if err == nil || held.done {
+		return err
+	}
+	// The upstream never answered: the write may or may not have been
+	// applied, so the version is forgotten and the client told as much.
+	held.finish(0, "", "")
+	return h.upstreamFailed(w, r, ctx, err)
+}
+
+// errWriteTimeout is the cause of a write's context ending at write_timeout.
+var errWriteTimeout = errors.New("write_timeout elapsed before the upstream answered")
+
+// upstreamFailed answers a write that the next handler failed before any
+// response: a problem body for the upstream's failures, the error itself for
+// other handlers' (so that handle_errors sees them).
+func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, clientCtx context.Context, err error) error {
+	if clientCtx.Err() != nil {
+		return caddyhttp.Error(499, err) // the client is gone
+	}
+	status := http.StatusBadGateway
+	detail := "The upstream failed before it answered this write, which may or may not have been applied. GET the resource to see its current version, then repeat the write with If-Match set to its ETag."
+	var he caddyhttp.HandlerError
+	switch {
+	case context.Cause(r.Context()) == errWriteTimeout:
+		status = http.StatusGatewayTimeout
+		detail = fmt.Sprintf("The upstream did not answer this write within %s (write_timeout), so it may or may not have been applied. GET the resource to see its current version, then repeat the write with If-Match set to its ETag.", time.Duration(h.WriteTimeout))
+	case errors.As(err, &he) && he.StatusCode >= 500:
+		status = he.StatusCode
+	default:
+		return err
+	}
+	if c := h.logger.Check(zapcore.WarnLevel, "write failed upstream"); c != nil {
+		c.Write(zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Int("status", status), zap.Error(err))
+	}
+	return writeProblem(w, r, problem{
+		Type:   problemUpstreamFailed,
+		Title:  "Upstream failed",
+		Status: status,
+		Detail: detail,
+	})
 }
 
 // guardedCtxKey marks a request with the key of the resource a guard has
@@ -189,7 +258,10 @@ func (hw *heldWrite) finishHashed(status int, hdr http.Header) {
 	}
 	hw.done = true
 	defer hw.h.locks.Unlock(hw.key)
-	_, v, known, err := hw.h.probeVersion(hw.r, hw.next)
+	// The write's own deadline no longer applies: it has been answered.
+	ctx, cancel := context.WithTimeout(hw.r.Context(), time.Duration(hw.h.WriteTimeout))
+	defer cancel()
+	_, v, known, err := hw.h.probeVersion(hw.r.WithContext(ctx), hw.next)
 	if err != nil || !known || !hw.recordable {
 		hw.h.cache.Forget(hw.key)
 	} else {
@@ -239,35 +311,7 @@ func (h *Handler) failedProblem(outcome precondition.Outcome, state precondition
 func (h *Handler) lock(ctx context.Context, key string) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(h.LockTimeout))
 	defer cancel()
-	return h.locks.Lock(ctx, key, 0)
-}
-
-// bufferBody replaces r.Body with an in-memory copy, at most MaxBody bytes.
-func (h *Handler) bufferBody(r *http.Request) error {
-	if r.Body == nil || r.Body == http.NoBody {
-		return nil
-	}
-	if r.ContentLength > h.MaxBody {
-		return &http.MaxBytesError{Limit: h.MaxBody}
-	}
-	size := r.ContentLength
-	if size < 0 {
-		size = 0
-	}
-	buf := bytes.NewBuffer(make([]byte, 0, size+1))
-	n, err := buf.ReadFrom(io.LimitReader(r.Body, h.MaxBody+1))
-	r.Body.Close()
-	if err != nil {
-		return err
-	}
-	if n > h.MaxBody {
-		return &http.MaxBytesError{Limit: h.MaxBody}
-	}
-	body := buf.Bytes()
-	r.Body = io.NopCloser(bytes.NewReader(body))
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	r.ContentLength = int64(len(body))
-	return nil
+	return h.locks.Lock(ctx, key, h.MaxWaiters)
 }
 
 // currentState returns the resource's current version: from the cache, or
@@ -316,9 +360,15 @@ type outcomeWriter struct {
 	// Embedded by value: one allocation per request fewer.
 	caddyhttp.ResponseWriterWrapper
 	held *heldWrite
+	// timer enforces write_timeout until the answer arrives; nil when the
+	// write is not guarded.
+	timer *time.Timer
 }
 
 func (ow *outcomeWriter) WriteHeader(status int) {
+	if ow.timer != nil && status >= 200 {
+		ow.timer.Stop()
+	}
 	switch {
 	case ow.held.done:
 	case status == http.StatusSwitchingProtocols:

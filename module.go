@@ -30,14 +30,18 @@ func init() {
 
 // Defaults of the handler's options.
 const (
-	DefaultLockTimeout = 30 * time.Second
-	DefaultCacheSize   = 1_000_000
-	DefaultCacheTTL    = 10 * time.Minute
-	DefaultMaxBody     = 10 << 20
-	defaultKey         = "{http.request.host}{http.request.uri.path}"
+	DefaultLockTimeout  = 30 * time.Second
+	DefaultCacheSize    = 1_000_000
+	DefaultCacheTTL     = 10 * time.Minute
+	DefaultMaxBody      = 10 << 20
+	DefaultMaxWaiters   = 128
+	DefaultWriteTimeout = 30 * time.Second
+	defaultKey          = "{http.request.host}{http.request.uri.path}"
 )
 
 var defaultMethods = []string{http.MethodPut, http.MethodPatch, http.MethodDelete}
+
+var defaultMethodOverride = []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"}
 
 // queryPlaceholders are the placeholders through which a key can depend on
 // the query string (the Caddyfile's {uri} and {query} expand to them).
@@ -123,12 +127,46 @@ type Handler struct {
 	// writers that do not go through this proxy. Default: "miss".
 	Revalidate string `json:"revalidate,omitempty"`
 
+	// MaxBodyMemory is how much of a guarded write's body is held in
+	// memory; the rest of a larger body (up to MaxBody) goes to a temporary
+	// file in the system's temporary directory, removed when the request is
+	// done. Default: 1048576 (1 MiB).
+	MaxBodyMemory int64 `json:"max_body_memory,omitempty"`
+
+	// MaxWaiters bounds how many writes may wait for one resource's lock;
+	// a write beyond it is answered 409 Conflict with Retry-After at once
+	// instead of joining an ever longer queue. Default: 128.
+	MaxWaiters int `json:"max_waiters,omitempty"`
+
+	// WriteTimeout bounds how long a guarded write holds its resource's
+	// lock waiting for the upstream: the version check and the write
+	// itself, until the upstream's response header arrives. When it
+	// elapses the write is abandoned, the client gets 504 Gateway Timeout,
+	// and the version is forgotten (the write may have been applied).
+	// Default: 30s.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	// MethodOverride lists the request header fields through which a
+	// client can ask a backend to treat a request as another method
+	// (X-HTTP-Method-Override: PUT on a POST). A request is guarded when
+	// its own method or the one such a field names is guarded, so that it
+	// cannot slip past the guard under another name. Default:
+	// X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override.
+	MethodOverride []string `json:"method_override,omitempty"`
+
+	// MethodOverrideOff turns method override fields into ordinary
+	// fields, for backends that ignore them. Default: false.
+	MethodOverrideOff bool `json:"method_override_off,omitempty"`
+
 	methods map[string]struct{}
 	// hashTags and revalidateAlways cache ETags == "hash" and
 	// Revalidate == "always".
 	hashTags         bool
 	revalidateAlways bool
-	matching         precondition.Matching
+	// overrideFields are the canonical names of the method override fields
+	// in force.
+	overrideFields []string
+	matching       precondition.Matching
 	// keyHasQuery tells whether the key depends on the query string; when it
 	// does not, responses to requests with a query are no evidence of the
 	// keyed resource's version.
@@ -175,6 +213,25 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxBody == 0 {
 		h.MaxBody = DefaultMaxBody
+	}
+	if h.MaxBodyMemory == 0 {
+		h.MaxBodyMemory = DefaultMaxBodyMemory
+	}
+	if h.MaxWaiters == 0 {
+		h.MaxWaiters = DefaultMaxWaiters
+	}
+	if h.WriteTimeout == 0 {
+		h.WriteTimeout = caddy.Duration(DefaultWriteTimeout)
+	}
+	h.overrideFields = nil
+	if !h.MethodOverrideOff {
+		fields := h.MethodOverride
+		if len(fields) == 0 {
+			fields = defaultMethodOverride
+		}
+		for _, f := range fields {
+			h.overrideFields = append(h.overrideFields, http.CanonicalHeaderKey(f))
+		}
 	}
 	h.hashTags = h.ETags == "hash"
 	if h.hashTags && h.HashMaxBody == 0 {
@@ -265,8 +322,22 @@ func (h *Handler) Validate() error {
 	if h.CacheTTL < 0 {
 		return fmt.Errorf("cache_ttl must not be negative")
 	}
-	if h.MaxBody < 0 {
-		return fmt.Errorf("max_body must not be negative")
+	if h.MaxBody < 0 || h.MaxBodyMemory < 0 {
+		return fmt.Errorf("max_body and max_body_memory must not be negative")
+	}
+	if h.MaxWaiters < 0 {
+		return fmt.Errorf("max_waiters must not be negative")
+	}
+	if h.WriteTimeout < 0 {
+		return fmt.Errorf("write_timeout must not be negative")
+	}
+	if h.MethodOverrideOff && len(h.MethodOverride) > 0 {
+		return fmt.Errorf("method_override: fields listed and turned off at once")
+	}
+	for _, f := range h.MethodOverride {
+		if !validFieldName(f) {
+			return fmt.Errorf("method_override: %q is not a header field name", f)
+		}
 	}
 	return nil
 }
@@ -285,21 +356,36 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP guards writes and learns versions from reads.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	switch _, guarded := h.methods[r.Method]; {
+	method := r.Method
+	if len(h.overrideFields) > 0 {
+		m, err := h.overriddenMethod(r)
+		if err != nil {
+			h.logRejection(r, "bad_request", err.field)
+			return writeProblem(w, r, problem{
+				Type:   problemInvalidMethodOverride,
+				Title:  "Invalid method override",
+				Status: http.StatusBadRequest,
+				Detail: err.reason,
+				Header: err.field,
+			})
+		}
+		method = m
+	}
+	switch _, guarded := h.methods[method]; {
 	case guarded:
-		return h.serveWrite(w, r, next)
-	case r.Method == http.MethodGet || r.Method == http.MethodHead:
+		return h.serveWrite(w, r, next, method)
+	case method == http.MethodGet || method == http.MethodHead:
 		if h.hashTags {
 			return h.serveHashedRead(w, r, next)
 		}
 		return h.serveRead(w, r, next)
-	case r.Method == http.MethodOptions || r.Method == http.MethodTrace:
+	case method == http.MethodOptions || method == http.MethodTrace:
 		return next.ServeHTTP(w, r)
 	}
 	// A method the guard lets through may still change the resource (a POST
 	// that updates it): whatever version was known may be old once the
 	// upstream answers. It is not serialized; guard it to serialize it.
-	unguarded := &heldWrite{h: h, key: h.resourceKey(r), method: r.Method}
+	unguarded := &heldWrite{h: h, key: h.resourceKey(r), method: method}
 	defer unguarded.finish(0, "", "")
 	return next.ServeHTTP(&outcomeWriter{
 		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},

@@ -12,13 +12,15 @@ const problemBase = "https://github.com/writeguard/caddy-writeguard/blob/main/do
 
 // Problem types (RFC 9457) this handler answers with.
 const (
-	problemPreconditionRequired = "precondition-required"
-	problemPreconditionFailed   = "precondition-failed"
-	problemInvalidPrecondition  = "invalid-precondition"
-	problemResourceBusy         = "resource-busy"
-	problemBodyTooLarge         = "body-too-large"
-	problemBodyUnreadable       = "body-unreadable"
-	problemProbeFailed          = "probe-failed"
+	problemPreconditionRequired  = "precondition-required"
+	problemPreconditionFailed    = "precondition-failed"
+	problemInvalidPrecondition   = "invalid-precondition"
+	problemResourceBusy          = "resource-busy"
+	problemBodyTooLarge          = "body-too-large"
+	problemBodyUnreadable        = "body-unreadable"
+	problemProbeFailed           = "probe-failed"
+	problemUpstreamFailed        = "upstream-failed"
+	problemInvalidMethodOverride = "invalid-method-override"
 )
 
 // problem is an RFC 9457 problem details object.

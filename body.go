@@ -1,0 +1,93 @@
+package writeguard
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"os"
+)
+
+// DefaultMaxBodyMemory is how much of a guarded write's body is held in
+// memory by default; the rest goes to a temporary file.
+const DefaultMaxBodyMemory = 1 << 20
+
+// spoolError reports that a body could not be written to its temporary
+// file: the server's fault, not the client's.
+type spoolError struct{ err error }
+
+func (e *spoolError) Error() string { return "spooling request body: " + e.err.Error() }
+func (e *spoolError) Unwrap() error { return e.err }
+
+// bufferBody reads r's whole body, at most MaxBody bytes, and replaces it
+// with a copy that can be sent to the upstream at its own pace (and again,
+// through GetBody, when reverse_proxy retries). Up to MaxBodyMemory bytes
+// stay in memory; a larger body is spooled to a temporary file. discard,
+// never nil, removes that file: call it when the request is done.
+func (h *Handler) bufferBody(r *http.Request) (discard func(), err error) {
+	discard = func() {}
+	if r.Body == nil || r.Body == http.NoBody {
+		return discard, nil
+	}
+	if r.ContentLength > h.MaxBody {
+		return discard, &http.MaxBytesError{Limit: h.MaxBody}
+	}
+	defer r.Body.Close()
+	inMemory := min(h.MaxBodyMemory, h.MaxBody)
+	size := r.ContentLength
+	if size < 0 || size > inMemory {
+		size = min(inMemory, 64<<10)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, size+1))
+	n, err := buf.ReadFrom(io.LimitReader(r.Body, inMemory+1))
+	if err != nil {
+		return discard, err
+	}
+	if n <= inMemory {
+		body := buf.Bytes()
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		r.ContentLength = n
+		return discard, nil
+	}
+
+	f, err := os.CreateTemp("", "write_guard-body-*")
+	if err != nil {
+		return discard, &spoolError{err}
+	}
+	remove := func() {
+		f.Close()
+		os.Remove(f.Name())
+	}
+	if _, err := f.Write(buf.Bytes()); err != nil {
+		remove()
+		return discard, &spoolError{err}
+	}
+	m, err := io.Copy(spoolWriter{f}, io.LimitReader(r.Body, h.MaxBody+1-n))
+	if err != nil {
+		remove()
+		return discard, err
+	}
+	total := n + m
+	if total > h.MaxBody {
+		remove()
+		return discard, &http.MaxBytesError{Limit: h.MaxBody}
+	}
+	// Each reader has its own offset, so a retry's copy does not disturb
+	// what an earlier attempt may still be reading.
+	r.Body = io.NopCloser(io.NewSectionReader(f, 0, total))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(f, 0, total)), nil }
+	r.ContentLength = total
+	return remove, nil
+}
+
+// spoolWriter marks the errors of writing the temporary file as such, so
+// that they are not taken for the client's.
+type spoolWriter struct{ f *os.File }
+
+func (w spoolWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if err != nil {
+		err = &spoolError{err}
+	}
+	return n, err
+}
