@@ -2,8 +2,10 @@ package writeguard
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -51,8 +53,13 @@ func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string,
 			}
 		}
 	}
+	status := http.StatusBadGateway
 	detail := fmt.Sprintf("The upstream answered the version check with status %d, so the write's preconditions could not be checked and the write was not forwarded. Retry later.", resp.status)
-	if err != nil {
+	switch {
+	case context.Cause(r.Context()) == errWriteTimeout:
+		status = http.StatusGatewayTimeout
+		detail = fmt.Sprintf("The upstream did not answer the version check within %s (write_timeout), so the write was not forwarded. Retry later.", time.Duration(h.WriteTimeout))
+	case err != nil:
 		detail = "The upstream could not be reached to check the resource's current version, so the write was not forwarded. Retry later."
 	}
 	return precondition.State{}, func() error {
@@ -60,7 +67,7 @@ func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string,
 		return writeProblem(w, r, problem{
 			Type:   problemProbeFailed,
 			Title:  "Version check failed",
-			Status: http.StatusBadGateway,
+			Status: status,
 			Detail: detail,
 		})
 	}
