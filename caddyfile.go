@@ -35,6 +35,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_waiters     <n>               # default: 128
 //		write_timeout   <duration>        # default: 30s
 //		method_override <field...>|off    # default: X-HTTP-Method-Override X-HTTP-Method X-Method-Override
+//		key_trailing_slash ignore|keep    # default: ignore
+//		key_case_insensitive              # default: off
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -151,6 +153,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			default:
 				return d.Errf("revalidate: %q is not one of miss, always", d.Val())
 			}
+		case "key_trailing_slash":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch d.Val() {
+			case "ignore":
+			case "keep":
+				h.KeyTrailingSlash = "keep"
+			default:
+				return d.Errf("key_trailing_slash: %q is not one of ignore, keep", d.Val())
+			}
+		case "key_case_insensitive":
+			h.KeyCaseInsensitive = true
 		case "max_body_memory":
 			if !d.NextArg() {
 				return d.ArgErr()

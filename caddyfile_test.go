@@ -63,6 +63,32 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "zero duration", input: "write_guard {\ncache_ttl 0s\n}", err: "not a positive duration"},
 		{name: "bad cache size", input: "write_guard {\ncache_size lots\n}", err: "neither a number of entries nor a size"},
 		{name: "negative cache size", input: "write_guard {\ncache_size -5\n}", err: "must be positive"},
+		{
+			name: "hardening options",
+			input: `write_guard {
+				max_body_memory 256KiB
+				max_waiters 16
+				write_timeout 1m
+				method_override X-Tunnel-Method X-HTTP-Method-Override
+				key_trailing_slash keep
+				key_case_insensitive
+			}`,
+			want: Handler{
+				MaxBodyMemory:      256 << 10,
+				MaxWaiters:         16,
+				WriteTimeout:       caddy.Duration(time.Minute),
+				MethodOverride:     []string{"X-Tunnel-Method", "X-HTTP-Method-Override"},
+				KeyTrailingSlash:   "keep",
+				KeyCaseInsensitive: true,
+			},
+		},
+		{name: "method_override off", input: "write_guard {\nmethod_override off\n}", want: Handler{MethodOverrideOff: true}},
+		{name: "key_trailing_slash ignore", input: "write_guard {\nkey_trailing_slash ignore\n}", want: Handler{}},
+		{name: "bad key_trailing_slash", input: "write_guard {\nkey_trailing_slash strip\n}", err: "not one of ignore, keep"},
+		{name: "key_case_insensitive with argument", input: "write_guard {\nkey_case_insensitive yes\n}", err: "wrong argument count"},
+		{name: "bad max_waiters", input: "write_guard {\nmax_waiters 0\n}", err: "not a positive number"},
+		{name: "bad method_override", input: "write_guard {\nmethod_override X:Bad\n}", err: "not a header field name"},
+		{name: "empty method_override", input: "write_guard {\nmethod_override\n}", err: "wrong argument count"},
 		{name: "etags upstream", input: "write_guard {\netags upstream\nrevalidate miss\n}", want: Handler{}},
 		{name: "bad etags", input: "write_guard {\netags weak\n}", err: "not one of upstream, hash"},
 		{name: "bad revalidate", input: "write_guard {\nrevalidate sometimes\n}", err: "not one of miss, always"},
@@ -104,6 +130,10 @@ func TestValidate(t *testing.T) {
 		{name: "bad revalidate in JSON", h: Handler{Revalidate: "never"}, err: "revalidate"},
 		{name: "hash_max_body without etags hash", h: Handler{HashMaxBody: 1 << 20}, err: "applies only with etags hash"},
 		{name: "etags hash", h: Handler{ETags: "hash", HashMaxBody: 1 << 20, Revalidate: "always"}},
+		{name: "bad key_trailing_slash in JSON", h: Handler{KeyTrailingSlash: "strip"}, err: "key_trailing_slash"},
+		{name: "method_override both listed and off", h: Handler{MethodOverride: []string{"X-M"}, MethodOverrideOff: true}, err: "method_override"},
+		{name: "bad method_override in JSON", h: Handler{MethodOverride: []string{"X M"}}, err: "method_override"},
+		{name: "negative max_waiters", h: Handler{MaxWaiters: -1}, err: "max_waiters"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := tc.h

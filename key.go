@@ -5,28 +5,47 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/writeguard/caddy-writeguard/reskey"
 )
 
-// resourceKey names the resource r targets. Requests with equal keys share
-// a lock and a cached version.
-func (h *Handler) resourceKey(r *http.Request) string {
-	if h.Key != "" {
-		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-		if repl != nil {
-			return repl.ReplaceAll(h.Key, "")
-		}
-	}
-	return canonicalHost(r.Host) + r.URL.Path
+// keyPlaceholders are the request placeholders a key template may use whose
+// values have more than one spelling for one resource. Provision rewrites
+// them to the guard's own placeholders, which carry the canonical form.
+var keyPlaceholders = [...]struct{ request, canonical string }{
+	{"{http.request.uri.path}", "{http.write_guard.path}"},
+	{"{http.request.uri.query}", "{http.write_guard.query}"},
+	{"{http.request.uri}", "{http.write_guard.uri}"},
+	{"{http.request.host}", "{http.write_guard.host}"},
 }
 
-// canonicalHost lower-cases host and drops a default port, so that
-// "Example.com:443" and "example.com" name the same site.
-func canonicalHost(host string) string {
-	host = strings.TrimSuffix(strings.TrimSuffix(host, ":443"), ":80")
-	for i := 0; i < len(host); i++ {
-		if c := host[i]; 'A' <= c && c <= 'Z' {
-			return strings.ToLower(host)
+// canonicalKeyTemplate rewrites a key template to use canonical placeholders.
+func canonicalKeyTemplate(template string) string {
+	for _, p := range keyPlaceholders {
+		template = strings.ReplaceAll(template, p.request, p.canonical)
+	}
+	return template
+}
+
+// resourceKey names the resource r targets. Requests with equal keys share
+// a lock and a cached version, so spellings of one URL that backends resolve
+// to one resource (//doc, /./doc, /%64oc) give one key.
+func (h *Handler) resourceKey(r *http.Request) string {
+	if h.keyTemplate != "" {
+		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		if repl != nil {
+			path := reskey.Path(r.URL.EscapedPath(), h.keyOptions)
+			query := reskey.Query(r.URL.RawQuery)
+			uri := path
+			if query != "" {
+				uri += "?" + query
+			}
+			repl.Set("http.write_guard.path", path)
+			repl.Set("http.write_guard.query", query)
+			repl.Set("http.write_guard.uri", uri)
+			repl.Set("http.write_guard.host", reskey.Host(r.Host))
+			return repl.ReplaceAll(h.keyTemplate, "")
 		}
 	}
-	return host
+	return reskey.Host(r.Host) + reskey.Path(r.URL.EscapedPath(), h.keyOptions)
 }

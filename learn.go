@@ -32,7 +32,8 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 // query, such a response is no evidence of the keyed resource's version, and
 // neither is the outcome of a write to such a URL.
 func (h *Handler) learnsFrom(r *http.Request) bool {
-	return h.keyHasQuery || (r.URL.RawQuery == "" && !r.URL.ForceQuery)
+	// A bare "?" is no query.
+	return h.keyHasQuery || r.URL.RawQuery == ""
 }
 
 // learningWriter looks at the final response header on its way out.

@@ -20,6 +20,7 @@ import (
 	"github.com/writeguard/caddy-writeguard/etagcache"
 	"github.com/writeguard/caddy-writeguard/lockmgr"
 	"github.com/writeguard/caddy-writeguard/precondition"
+	"github.com/writeguard/caddy-writeguard/reskey"
 )
 
 func init() {
@@ -158,11 +159,26 @@ type Handler struct {
 	// fields, for backends that ignore them. Default: false.
 	MethodOverrideOff bool `json:"method_override_off,omitempty"`
 
+	// KeyTrailingSlash says whether a trailing slash makes another
+	// resource: "ignore" gives "/doc/" and "/doc" one key, as most
+	// frameworks route them alike or redirect one to the other; "keep"
+	// keeps them apart, for backends that serve different things there.
+	// Default: "ignore".
+	KeyTrailingSlash string `json:"key_trailing_slash,omitempty"`
+
+	// KeyCaseInsensitive gives paths that differ only in the case of ASCII
+	// letters one key, for backends on case-insensitive file systems (IIS,
+	// ASP.NET). Default: false.
+	KeyCaseInsensitive bool `json:"key_case_insensitive,omitempty"`
+
 	methods map[string]struct{}
 	// hashTags and revalidateAlways cache ETags == "hash" and
 	// Revalidate == "always".
 	hashTags         bool
 	revalidateAlways bool
+	// keyTemplate is Key with canonical placeholders; "" for the default.
+	keyTemplate string
+	keyOptions  reskey.Options
 	// overrideFields are the canonical names of the method override fields
 	// in force.
 	overrideFields []string
@@ -244,6 +260,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for _, p := range queryPlaceholders {
 		h.keyHasQuery = h.keyHasQuery || strings.Contains(h.Key, p)
 	}
+	h.keyTemplate = canonicalKeyTemplate(h.Key)
+	h.keyOptions = reskey.Options{
+		KeepTrailingSlash: h.KeyTrailingSlash == "keep",
+		CaseInsensitive:   h.KeyCaseInsensitive,
+	}
 	// Check before building anything: a bad option should be reported as
 	// such, not as whatever failed while acting on it.
 	if err := h.Validate(); err != nil {
@@ -293,6 +314,11 @@ func (h *Handler) Validate() error {
 	case "", "default", "strict":
 	default:
 		return fmt.Errorf("etag_match: %q is not one of default, strict", h.ETagMatch)
+	}
+	switch h.KeyTrailingSlash {
+	case "", "ignore", "keep":
+	default:
+		return fmt.Errorf("key_trailing_slash: %q is not one of ignore, keep", h.KeyTrailingSlash)
 	}
 	switch h.ETags {
 	case "", "upstream", "hash":

@@ -289,15 +289,22 @@ func TestClientLeavingWhileQueuedFreesItsPlace(t *testing.T) {
 }
 
 func TestResourceKey(t *testing.T) {
-	h := &Handler{}
+	h := newTestHandler(t, &Handler{})
 	for target, want := range map[string]string{
-		"http://Example.COM/a/b":      "example.com/a/b",
-		"http://example.com:80/a":     "example.com/a",
-		"https://example.com:443/a":   "example.com/a",
-		"http://example.com:8080/a":   "example.com:8080/a",
-		"http://example.com/a?x=1":    "example.com/a",
-		"http://[::1]:443/a":          "[::1]/a",
-		"http://example.com/Case/Has": "example.com/Case/Has",
+		"http://Example.COM/a/b":         "example.com/a/b",
+		"http://example.com:80/a":        "example.com/a",
+		"https://example.com:443/a":      "example.com/a",
+		"http://example.com:8080/a":      "example.com:8080/a",
+		"http://example.com./a":          "example.com/a",
+		"http://example.com/a?x=1":       "example.com/a",
+		"http://[::1]:443/a":             "[::1]/a",
+		"http://example.com/Case/Has":    "example.com/Case/Has",
+		"http://example.com//a///b":      "example.com/a/b",
+		"http://example.com/./a/../a/b/": "example.com/a/b",
+		"http://example.com/%61/%7e%2d":  "example.com/a/~-",
+		"http://example.com/a%2fb":       "example.com/a%2Fb",
+		"http://example.com/a%2Fb/..":    "example.com/",
+		"http://example.com":             "example.com/",
 	} {
 		r := httptest.NewRequest("GET", target, nil)
 		if got := h.resourceKey(r); got != want {
@@ -305,12 +312,30 @@ func TestResourceKey(t *testing.T) {
 		}
 	}
 
-	custom := &Handler{Key: "{http.request.uri}"}
-	r := httptest.NewRequest("GET", "http://example.com/a?id=7", nil)
-	repl := caddy.NewReplacer()
-	r = caddyhttp.PrepareRequest(r, repl, nil, nil)
-	if got := custom.resourceKey(r); got != "/a?id=7" {
-		t.Errorf("custom key = %q", got)
+	keep := newTestHandler(t, &Handler{KeyTrailingSlash: "keep", KeyCaseInsensitive: true})
+	for target, want := range map[string]string{
+		"http://example.com/Docs/":  "example.com/docs/",
+		"http://example.com/Docs":   "example.com/docs",
+		"http://example.com/A%7e/.": "example.com/a~/",
+	} {
+		r := httptest.NewRequest("GET", target, nil)
+		if got := keep.resourceKey(r); got != want {
+			t.Errorf("key_trailing_slash keep, key_case_insensitive: key of %s = %q, want %q", target, got, want)
+		}
+	}
+
+	// Templates see the canonical forms too.
+	custom := newTestHandler(t, &Handler{Key: "{http.request.host}{http.request.uri}"})
+	for target, want := range map[string]string{
+		"http://Example.com//a?id=%37":  "example.com/a?id=7",
+		"http://example.com/a/?":        "example.com/a",
+		"http://example.com/./a?id=7&x": "example.com/a?id=7&x",
+	} {
+		r := httptest.NewRequest("GET", target, nil)
+		r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), nil, nil)
+		if got := custom.resourceKey(r); got != want {
+			t.Errorf("custom key of %s = %q, want %q", target, got, want)
+		}
 	}
 }
 
