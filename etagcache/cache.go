@@ -74,6 +74,7 @@ type Config struct {
 // Forget must be serialized per key by the caller, as writes are.
 type Cache struct {
 	rc      *ristretto.Cache[string, entry]
+	cfg     Config
 	gens    *Generations
 	ttl     time.Duration
 	byBytes bool
@@ -129,6 +130,7 @@ func New(cfg Config) (*Cache, error) {
 		return nil, errors.New("etagcache: negative TTL")
 	}
 	c := &Cache{
+		cfg:  cfg,
 		gens: cfg.Generations,
 		ttl:  cfg.TTL,
 	}
@@ -137,6 +139,10 @@ func New(cfg Config) (*Cache, error) {
 	}
 	if c.ttl == 0 {
 		c.ttl = DefaultTTL
+	}
+	c.cfg.TTL = c.ttl
+	if cfg.MaxBytes == 0 && cfg.MaxEntries == 0 {
+		c.cfg.MaxEntries = DefaultMaxEntries
 	}
 	var maxCost, expected int64
 	switch {
@@ -175,6 +181,10 @@ func New(cfg Config) (*Cache, error) {
 	c.rc = rc
 	return c, nil
 }
+
+// Config returns the configuration the cache was created with, defaults
+// filled in.
+func (c *Cache) Config() Config { return c.cfg }
 
 // Stamp captures the current generation of key; see Generations.Stamp.
 func (c *Cache) Stamp(key string) Stamp { return c.gens.Stamp(key) }
@@ -230,7 +240,9 @@ func (c *Cache) settle(key string) {
 
 // Forget makes the state of key unknown, for instance after a write whose
 // outcome is uncertain. Like Record, it invalidates key in every cache sharing
-// the Generations, and the caller must hold the key's write lock.
+// the Generations. It may be called without the key's write lock: racing a
+// Record, it can only leave the key unknown or leave the Record's newer
+// version in place.
 func (c *Cache) Forget(key string) {
 	c.gens.stripe(key).Add(1)
 	// The increment alone already hides the entry; deleting it returns the

@@ -1,0 +1,404 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/writeguard/caddy-writeguard/examples/backend"
+)
+
+func init() {
+	caddy.RegisterModule(panicHandler{})
+	httpcaddyfile.RegisterHandlerDirective("test_panic", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+		h.Next()
+		return panicHandler{}, nil
+	})
+}
+
+// panicHandler stands for a later handler with a bug: it panics on writes.
+type panicHandler struct{}
+
+func (panicHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.test_panic", New: func() caddy.Module { return panicHandler{} }}
+}
+
+func (panicHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if r.Method == http.MethodPut {
+		panic("a later handler failed")
+	}
+	return next.ServeHTTP(w, r)
+}
+
+func (panicHandler) UnmarshalCaddyfile(*caddyfile.Dispenser) error { return nil }
+
+// guardStats reads the guard's state from Caddy's admin endpoint.
+type guardStats struct {
+	LocksHeld int64 `json:"locks_held"`
+	Waiting   int64 `json:"waiting"`
+	Tracked   int   `json:"tracked"`
+}
+
+func adminStats(t *testing.T) guardStats {
+	t.Helper()
+	resp, err := http.Get("http://localhost:2999/write_guard/stats")
+	if err != nil {
+		t.Fatalf("admin stats: %v", err)
+	}
+	defer resp.Body.Close()
+	var s guardStats
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("admin stats: %d %v", resp.StatusCode, err)
+	}
+	return s
+}
+
+// assertNoLocks checks that the lock manager holds no entry once the
+// requests under way are done.
+func assertNoLocks(t *testing.T) {
+	t.Helper()
+	var s guardStats
+	for range 100 {
+		if s = adminStats(t); s.Tracked == 0 && s.LocksHeld == 0 && s.Waiting == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Errorf("the lock manager still tracks %d resources (%d held, %d waiting)", s.Tracked, s.LocksHeld, s.Waiting)
+}
+
+// cleaningBackend resolves spellings of a path to one resource, as most
+// web servers and frameworks do: it decodes escapes, collapses slashes,
+// resolves dot segments and ignores a trailing slash.
+func cleaningBackend(store *backend.Store) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r2 := r.Clone(r.Context())
+		r2.URL.Path = path.Clean("/" + r.URL.Path)
+		r2.URL.RawPath = ""
+		store.ServeHTTP(w, r2)
+	})
+}
+
+// TestAliasesShareOneResource writes through every spelling of one URL that
+// the backend resolves to the same document.
+func TestAliasesShareOneResource(t *testing.T) {
+	store := newStore(map[string]string{"/docs/a": "v0"})
+	store.WriteDelay = 20 * time.Millisecond
+	startCaddy(t, fmtSite(`
+	write_guard
+	reverse_proxy %s`, startBackend(t, cleaningBackend(store))))
+	client := &http.Client{Timeout: 30 * time.Second}
+	aliases := []string{
+		"/docs/a", "//docs/a", "/docs//a", "/./docs/a", "/docs/./a", "/x/../docs/a",
+		"/%64ocs/a", "/docs/%61", "/docs/a/", "/docs/a?", "/%2e/docs/a", "/docs/x/%2E%2E/a",
+	}
+
+	for i, alias := range aliases {
+		stale := do(t, client, "GET", "/docs/a", "").header.Get("ETag")
+		// Change the document through the canonical spelling...
+		if r := do(t, client, "PUT", "/docs/a", fmt.Sprintf("v%d", i+1), "If-Match: "+stale); r.status != 200 {
+			t.Fatalf("PUT /docs/a: %d %s", r.status, r.body)
+		}
+		// ...then a write through the alias with the tag from before must
+		// be refused, whatever the cache holds under the alias.
+		if r := do(t, client, "PUT", alias, "lost", "If-Match: "+stale); r.status != http.StatusPreconditionFailed {
+			t.Errorf("stale write through %s: %d, want 412", alias, r.status)
+		}
+		if got := mustBody(t, store, "/docs/a"); got != fmt.Sprintf("v%d", i+1) {
+			t.Fatalf("after the stale write through %s the backend holds %q", alias, got)
+		}
+	}
+
+	// Two writes naming the same version through different spellings at
+	// the same moment: one lock, so exactly one reaches the backend.
+	for round, pair := range [][2]string{{"/docs/a", "//docs/a"}, {"/docs/%61", "/docs/a/"}, {"/./docs/a", "/docs/x/../a"}} {
+		tag := do(t, client, "GET", "/docs/a", "").header.Get("ETag")
+		before := store.Writes()
+		statuses := make(chan int, 2)
+		start := make(chan struct{})
+		for i, alias := range pair {
+			go func() {
+				<-start
+				req, _ := http.NewRequest(http.MethodPut, caddyBase+alias, strings.NewReader(fmt.Sprintf("round %d writer %d", round, i)))
+				req.Header.Set("If-Match", tag)
+				resp, err := client.Do(req)
+				if err != nil {
+					statuses <- 0
+					return
+				}
+				resp.Body.Close()
+				statuses <- resp.StatusCode
+			}()
+		}
+		close(start)
+		a, b := <-statuses, <-statuses
+		if !(a == 200 && b == 412 || a == 412 && b == 200) {
+			t.Errorf("%s and %s: statuses %d and %d, want one 200 and one 412", pair[0], pair[1], a, b)
+		}
+		if n := store.Writes() - before; n != 1 {
+			t.Errorf("%s and %s: %d writes reached the backend", pair[0], pair[1], n)
+		}
+	}
+	if n := store.Overlaps(); n != 0 {
+		t.Errorf("%d writes overlapped at the backend", n)
+	}
+	assertNoLocks(t)
+}
+
+// TestBadInput sends malformed and oversized requests through Caddy: each
+// gets its status and problem type, and a refused one leaves the backend as
+// it was.
+func TestBadInput(t *testing.T) {
+	store := newStore(map[string]string{"/doc": "v1"})
+	startCaddy(t, fmtSite(`
+	write_guard {
+		max_body 1KiB
+	}
+	reverse_proxy %s`, startBackend(t, store)))
+	client := &http.Client{Timeout: 30 * time.Second}
+	tag := do(t, client, "GET", "/doc", "").header.Get("ETag")
+	manyTags := strings.TrimSuffix(strings.Repeat(`"t", `, 65), ", ")
+	longTag := `"` + strings.Repeat("x", 9000) + `"`
+
+	for _, c := range []struct {
+		name    string
+		method  string
+		headers []string
+		body    string
+		chunked bool
+		status  int
+		problem string // "" when the answer is not the guard's
+	}{
+		{"unquoted If-Match", "PUT", []string{"If-Match: abc"}, "x", false, 400, "invalid-precondition"},
+		{"star in a list", "PUT", []string{`If-Match: *, "a"`}, "x", false, 400, "invalid-precondition"},
+		{"65 tags", "PUT", []string{"If-Match: " + manyTags}, "x", false, 400, "invalid-precondition"},
+		{"9000-byte tag", "PUT", []string{"If-Match: " + longTag}, "x", false, 400, "invalid-precondition"},
+		{"empty If-Match", "PUT", []string{"If-Match:"}, "x", false, 400, "invalid-precondition"},
+		{"bad If-None-Match", "PUT", []string{"If-None-Match: W/"}, "x", false, 400, "invalid-precondition"},
+		{"not a date alone", "PUT", []string{"If-Unmodified-Since: yesterday"}, "x", false, 428, "precondition-required"},
+		{"date before the change", "PUT", []string{"If-Unmodified-Since: Mon, 01 Jan 2001 00:00:00 GMT"}, "x", false, 412, "precondition-failed"},
+		{"stale tag", "PUT", []string{`If-Match: "old"`}, "x", false, 412, "precondition-failed"},
+		{"body over max_body", "PUT", []string{"If-Match: " + tag}, strings.Repeat("x", 2000), false, 413, "body-too-large"},
+		{"chunked body over max_body", "PUT", []string{"If-Match: " + tag}, strings.Repeat("x", 2000), true, 413, "body-too-large"},
+		{"blind DELETE", "DELETE", nil, "", false, 428, "precondition-required"},
+		{"unknown method", "FROB", []string{"If-Match: " + tag}, "x", false, 405, ""},
+		{"POST as PUT, blind", "POST", []string{"X-HTTP-Method-Override: PUT"}, "x", false, 428, "precondition-required"},
+		{"POST as DELETE, stale", "POST", []string{"X-HTTP-Method: DELETE", `If-Match: "old"`}, "", false, 412, "precondition-failed"},
+		{"GET as DELETE", "GET", []string{"X-Method-Override: delete"}, "", false, 428, "precondition-required"},
+		{"two override methods", "POST", []string{"X-HTTP-Method-Override: PUT", "X-HTTP-Method: DELETE"}, "x", false, 400, "invalid-method-override"},
+		{"override list", "POST", []string{"X-HTTP-Method-Override: PUT, DELETE"}, "x", false, 400, "invalid-method-override"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := store.Writes()
+			var body io.Reader
+			if c.body != "" {
+				body = strings.NewReader(c.body)
+				if c.chunked {
+					body = io.MultiReader(body) // hides the length
+				}
+			}
+			req, _ := http.NewRequest(c.method, caddyBase+"/doc", body)
+			for _, h := range c.headers {
+				name, value, _ := strings.Cut(h, ":")
+				req.Header.Add(name, strings.TrimSpace(value))
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			r := response{status: resp.StatusCode, header: resp.Header, body: string(b)}
+			if r.status != c.status {
+				t.Fatalf("status %d, want %d (%s)", r.status, c.status, r.body)
+			}
+			if c.problem != "" {
+				if p := problemOf(t, r); !strings.HasSuffix(p.Type, "#"+c.problem) {
+					t.Errorf("problem type %s, want #%s", p.Type, c.problem)
+				}
+			}
+			if got := mustBody(t, store, "/doc"); got != "v1" || store.Writes() != before {
+				t.Errorf("the backend changed: %q, %d writes", got, store.Writes()-before)
+			}
+		})
+	}
+	assertNoLocks(t)
+}
+
+// faultyBackend applies writes to store and then misbehaves as told by the
+// X-Fault request header (which the guard passes on): "reset" drops the
+// connection instead of answering, "slow" answers after a while.
+func faultyBackend(store *backend.Store, slow time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fault := r.Header.Get("X-Fault")
+		if r.Method != http.MethodPut || fault == "" {
+			store.ServeHTTP(w, r)
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		store.Put(r.URL.Path, body)
+		switch fault {
+		case "reset":
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		case "slow":
+			select {
+			case <-time.After(slow):
+			case <-r.Context().Done():
+			}
+			w.WriteHeader(http.StatusOK)
+		}
+	})
+}
+
+// TestFaults breaks writes in the ways upstreams and clients do. After each,
+// the write may have been applied, so the version must be forgotten (a write
+// with the tag from before must get 412), the client must be told, and the
+// resource must be writable again at once.
+func TestFaults(t *testing.T) {
+	store := newStore(map[string]string{"/doc": "v0", "/panic": "p0"})
+	addr := startBackend(t, faultyBackend(store, 3*time.Second))
+	startCaddy(t, fmtSite(`
+	write_guard {
+		lock_timeout 2s
+		write_timeout 1s
+	}
+	route /panic {
+		test_panic
+	}
+	@header_timeout header X-Proxy-Timeout *
+	reverse_proxy @header_timeout %[1]s {
+		transport http {
+			response_header_timeout 300ms
+		}
+	}
+	reverse_proxy %[1]s`, addr))
+	client := &http.Client{Timeout: 30 * time.Second}
+
+	for _, c := range []struct {
+		name    string
+		headers []string
+		status  int
+	}{
+		{"upstream resets the connection mid-write", []string{"X-Fault: reset"}, http.StatusBadGateway},
+		{"upstream slower than its own timeout", []string{"X-Fault: slow", "X-Proxy-Timeout: 1"}, http.StatusGatewayTimeout},
+		{"upstream slower than write_timeout", []string{"X-Fault: slow"}, http.StatusGatewayTimeout},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			stale := do(t, client, "GET", "/doc", "").header.Get("ETag")
+			r := do(t, client, "PUT", "/doc", c.name, append([]string{"If-Match: " + stale}, c.headers...)...)
+			if r.status != c.status {
+				t.Fatalf("faulty write: %d, want %d (%s)", r.status, c.status, r.body)
+			}
+			if p := problemOf(t, r); !strings.HasSuffix(p.Type, "#upstream-failed") {
+				t.Errorf("problem type %s", p.Type)
+			}
+			// The write was applied; the guard must not still believe the
+			// version from before it.
+			if r := do(t, client, "PUT", "/doc", "lost", "If-Match: "+stale); r.status != http.StatusPreconditionFailed {
+				t.Errorf("write with the tag from before the fault: %d, want 412", r.status)
+			}
+			start := time.Now()
+			current := do(t, client, "GET", "/doc", "").header.Get("ETag")
+			if r := do(t, client, "PUT", "/doc", "after "+c.name, "If-Match: "+current); r.status != 200 {
+				t.Errorf("next write: %d %s", r.status, r.body)
+			}
+			if d := time.Since(start); d > 1500*time.Millisecond {
+				t.Logf("next write took %v", d) // a held lock would show as 409 after lock_timeout
+			}
+			assertNoLocks(t)
+		})
+	}
+
+	t.Run("client gives up mid-write", func(t *testing.T) {
+		current := do(t, client, "GET", "/doc", "").header.Get("ETag")
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPut, caddyBase+"/doc", strings.NewReader("abandoned"))
+		req.Header.Set("If-Match", current)
+		req.Header.Set("X-Fault", "slow")
+		if resp, err := client.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("the write was answered %d before the client gave up", resp.StatusCode)
+		} else if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("unexpected error: %v", err)
+		}
+		assertNoLocks(t)
+		latest := do(t, client, "GET", "/doc", "").header.Get("ETag")
+		if r := do(t, client, "PUT", "/doc", "after the abort", "If-Match: "+latest); r.status != 200 {
+			t.Errorf("next write: %d %s", r.status, r.body)
+		}
+	})
+
+	t.Run("a later handler panics", func(t *testing.T) {
+		tag := do(t, client, "GET", "/panic", "").header.Get("ETag")
+		for i := range 2 {
+			// net/http answers a panicking handler by closing the
+			// connection; a lock left held would answer 409 instead.
+			req, _ := http.NewRequest(http.MethodPut, caddyBase+"/panic", strings.NewReader("x"))
+			req.Header.Set("If-Match", tag)
+			resp, err := client.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusInternalServerError {
+					t.Fatalf("write %d: %d, want the connection closed by the panic", i, resp.StatusCode)
+				}
+			}
+		}
+		assertNoLocks(t)
+		if got := mustBody(t, store, "/panic"); got != "p0" {
+			t.Errorf("the backend changed: %q", got)
+		}
+	})
+}
+
+// TestStopDuringWrites stops the server (by loading a config without it)
+// while writers are busy: in-flight writes finish within the grace period,
+// and none of the acknowledged ones is lost.
+func TestStopDuringWrites(t *testing.T) {
+	resources := []string{"/stop/a", "/stop/b"}
+	store := hotStore(resources)
+	store.WriteDelay = 20 * time.Millisecond
+	addr := startBackend(t, store)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	tester.InitServer(strings.Replace(globalOptions, "grace_period 1ns", "grace_period 10s", 1)+
+		fmtSite(":9080 {\n\twrite_guard\n\treverse_proxy %s\n}\n", addr), "caddyfile")
+
+	wl := &workload{
+		base: caddyBase, resources: resources,
+		clients: 6, perClient: 1000, think: time.Millisecond,
+		deadline: time.Now().Add(2 * time.Second),
+	}
+	var done sync.WaitGroup
+	done.Go(func() { wl.run(t) })
+	time.Sleep(500 * time.Millisecond)
+	tester.InitServer(strings.Replace(globalOptions, "grace_period 1ns", "grace_period 10s", 1)+":9081 {\n\trespond 404\n}\n", "caddyfile")
+	done.Wait()
+
+	lost, acked := wl.lost(t, store)
+	t.Logf("%d writes acknowledged before and during the stop, %d lost, %d refused, %d failed", acked, lost, wl.refused.Load(), wl.errors.Load())
+	if lost != 0 {
+		t.Errorf("%d acknowledged writes lost", lost)
+	}
+	if acked == 0 {
+		t.Error("no write was acknowledged before the stop")
+	}
+	if n := store.Overlaps(); n != 0 {
+		t.Errorf("%d writes overlapped at the backend", n)
+	}
+}
