@@ -153,8 +153,9 @@ func clip(s string) string {
 type Conditions struct {
 	IfMatch     *List
 	IfNoneMatch *List
-	// IfUnmodifiedSince is zero when the field is absent or invalid.
-	IfUnmodifiedSince time.Time
+	// IfUnmodifiedSince is nil when the field is absent or invalid. (A
+	// pointer, because a valid date can be the zero time: year 1.)
+	IfUnmodifiedSince *time.Time
 }
 
 // HeaderError reports a syntactically invalid precondition field.
@@ -186,7 +187,7 @@ func Parse(h http.Header) (Conditions, error) {
 	}
 	if lines := h["If-Unmodified-Since"]; len(lines) == 1 {
 		if t, err := http.ParseTime(lines[0]); err == nil {
-			c.IfUnmodifiedSince = t
+			c.IfUnmodifiedSince = &t
 		}
 	}
 	return c, nil
@@ -195,7 +196,7 @@ func Parse(h http.Header) (Conditions, error) {
 // Blind reports whether the request carries no precondition at all: a write
 // that would overwrite whatever is there.
 func (c Conditions) Blind() bool {
-	return c.IfMatch == nil && c.IfNoneMatch == nil && c.IfUnmodifiedSince.IsZero()
+	return c.IfMatch == nil && c.IfNoneMatch == nil && c.IfUnmodifiedSince == nil
 }
 
 // Matching selects how a client's entity-tag is compared with the current one
@@ -234,7 +235,8 @@ func weakEqual(client, current ETag) bool {
 	}
 	// client `"abc-gzip"` against current `"abc"`
 	c, cur := client.Opaque, current.Opaque
-	if len(c) <= len(cur) || c[:len(cur)-1] != cur[:len(cur)-1] || c[len(cur)-1] != '-' {
+	// An opaque tag is at least its two quotes; the zero ETag is none.
+	if len(cur) < 2 || len(c) <= len(cur) || c[:len(cur)-1] != cur[:len(cur)-1] || c[len(cur)-1] != '-' {
 		return false
 	}
 	suffix := c[len(cur) : len(c)-1]
@@ -297,10 +299,10 @@ func (c Conditions) Evaluate(s State, m Matching) Outcome {
 		if !c.IfMatch.Any && !(hasTag && anyMatch(c.IfMatch.Tags, current, m.Match)) {
 			return FailedIfMatch
 		}
-	} else if !c.IfUnmodifiedSince.IsZero() {
+	} else if c.IfUnmodifiedSince != nil {
 		// HTTP dates have one-second resolution.
 		if !s.Exists || s.LastModified.IsZero() ||
-			s.LastModified.Truncate(time.Second).After(c.IfUnmodifiedSince) {
+			s.LastModified.Truncate(time.Second).After(*c.IfUnmodifiedSince) {
 			return FailedIfUnmodifiedSince
 		}
 	}

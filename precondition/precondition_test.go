@@ -77,7 +77,7 @@ func TestParse(t *testing.T) {
 	h := http.Header{}
 	h.Set("If-Unmodified-Since", date)
 	c, err := Parse(h)
-	if err != nil || c.IfUnmodifiedSince.IsZero() || c.Blind() {
+	if err != nil || c.IfUnmodifiedSince == nil || c.Blind() {
 		t.Fatalf("valid If-Unmodified-Since: %+v, %v", c, err)
 	}
 
@@ -95,7 +95,7 @@ func TestParse(t *testing.T) {
 	// RFC 850 and asctime forms are HTTP dates too.
 	for _, d := range []string{"Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"} {
 		c, _ := Parse(http.Header{"If-Unmodified-Since": {d}})
-		if c.IfUnmodifiedSince.IsZero() {
+		if c.IfUnmodifiedSince == nil {
 			t.Errorf("date %q not accepted", d)
 		}
 	}
@@ -212,5 +212,28 @@ func TestEvaluate(t *testing.T) {
 				t.Errorf("Evaluate = %v (%s), want %v (%s)", got, got.Field(), tc.want, tc.want.Field())
 			}
 		})
+	}
+}
+
+// Year 1 is a valid HTTP date and parses to the zero time: it must still
+// count as a precondition, and fail against any real resource.
+func TestIfUnmodifiedSinceYearOne(t *testing.T) {
+	c, err := Parse(http.Header{"If-Unmodified-Since": {"Mon, 01 Jan 0001 00:00:00 GMT"}})
+	if err != nil || c.Blind() {
+		t.Fatalf("Parse: %+v, %v; blind %v", c, err, c.Blind())
+	}
+	s := State{Exists: true, LastModified: time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)}
+	if got := c.Evaluate(s, Lenient); got != FailedIfUnmodifiedSince {
+		t.Errorf("Evaluate = %v", got)
+	}
+}
+
+// Match is exported: a zero current tag (what ParseETag returns on
+// failure) must not crash it.
+func TestMatchZeroCurrent(t *testing.T) {
+	for _, m := range []Matching{Lenient, Strict} {
+		if m.Match(ETag{Opaque: `"a"`}, ETag{}) {
+			t.Errorf("%v: a tag matches the zero ETag", m)
+		}
 	}
 }
