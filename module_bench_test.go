@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 // upstreamStub answers like a backend that versions its resources, without
@@ -79,5 +80,7 @@ func newBenchHandler(b *testing.B, h *Handler) *Handler {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { h.Cleanup() })
+	// Logging is not what is measured (and would interleave with results).
+	h.logger = zap.NewNop()
 	return h
 }
