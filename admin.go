@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-
-	"github.com/writeguard/caddy-writeguard/etagcache"
 )
 
 func init() {
@@ -55,6 +53,7 @@ type statsResponse struct {
 }
 
 type cacheStats struct {
+	ETags      string `json:"etags"`
 	MaxEntries int64  `json:"max_entries,omitempty"`
 	MaxBytes   int64  `json:"max_bytes,omitempty"`
 	TTL        string `json:"ttl"`
@@ -85,6 +84,7 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 			s := v.Stats()
 			cfg := v.Config()
 			resp.Caches = append(resp.Caches, cacheStats{
+				ETags:      v.etags,
 				MaxEntries: cfg.MaxEntries, MaxBytes: cfg.MaxBytes, TTL: cfg.TTL.String(),
 				Hits: s.Hits, Misses: s.Misses, Evictions: s.Evictions, Rejections: s.Rejections, Drops: s.Drops,
 				Cost: s.Cost, MaxCost: s.MaxCost,
@@ -92,12 +92,16 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 		}
 		return true
 	})
-	sort.Slice(resp.Caches, func(i, j int) bool { return resp.Caches[i].TTL < resp.Caches[j].TTL })
+	sort.Slice(resp.Caches, func(i, j int) bool {
+		a, b := resp.Caches[i], resp.Caches[j]
+		return a.ETags+a.TTL < b.ETags+b.TTL
+	})
 	return writeJSON(w, resp)
 }
 
 // resourceState is what one cache knows of a resource.
 type resourceState struct {
+	ETags string `json:"etags"`
 	TTL   string `json:"cache_ttl"`
 	Known bool   `json:"known"`
 	// Exists, ETag and LastModified are set when Known.
@@ -111,10 +115,10 @@ func (adminAPI) handleResource(w http.ResponseWriter, r *http.Request) error {
 	if key == "" {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("the key query parameter is required")}
 	}
-	var caches []*etagcache.Cache
+	var caches []sharedCache
 	pool.Range(func(_, value any) bool {
 		if c, ok := value.(sharedCache); ok {
-			caches = append(caches, c.Cache)
+			caches = append(caches, c)
 		}
 		return true
 	})
@@ -122,7 +126,7 @@ func (adminAPI) handleResource(w http.ResponseWriter, r *http.Request) error {
 	case http.MethodGet:
 		states := []resourceState{}
 		for _, c := range caches {
-			s := resourceState{TTL: c.Config().TTL.String()}
+			s := resourceState{ETags: c.etags, TTL: c.Config().TTL.String()}
 			if v, ok := c.Get(key); ok {
 				s.Known, s.Exists, s.ETag = true, v.Exists, v.ETag
 				if !v.LastModified.IsZero() {

@@ -162,11 +162,23 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		}
 	}
 
-	err = next.ServeHTTP(&outcomeWriter{
-		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
-		held:                  held,
-		timer:                 timer,
-	}, r)
+	if h.hashTags {
+		tw := &taggingWriter{
+			ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+			held:                  held,
+			timer:                 timer,
+		}
+		err = next.ServeHTTP(tw, r)
+		if tw.holding {
+			return tw.complete(err, ctx)
+		}
+	} else {
+		err = next.ServeHTTP(&outcomeWriter{
+			ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+			held:                  held,
+			timer:                 timer,
+		}, r)
+	}
 	if err == nil || held.done {
 		return err
 	}
@@ -224,7 +236,8 @@ type heldWrite struct {
 	// learnsFrom), so its answer tells that resource's new version.
 	recordable bool
 	done       bool
-	// r and next let a guard with `etags hash` ask for the new version.
+	// r (with the client's context, not the write's) and next let a guard
+	// with `etags hash` ask for the new version.
 	r    *http.Request
 	next caddyhttp.Handler
 }
@@ -243,32 +256,6 @@ func (hw *heldWrite) finish(status int, etag, lastModified string) {
 	}
 	if hw.locked {
 		hw.h.locks.Unlock(hw.key)
-	}
-}
-
-// finishHashed ends a write with `etags hash`: the upstream's answer names
-// no version the guard can use, so after a successful write the guard asks
-// for the new representation, still under the lock, records its tag and
-// hands it to the client in the response's ETag.
-func (hw *heldWrite) finishHashed(status int, hdr http.Header) {
-	hdr.Del("Etag")
-	if hw.done || !hw.locked || status < 200 || status >= 300 || hw.method == http.MethodDelete {
-		hw.finish(status, "", "")
-		return
-	}
-	hw.done = true
-	defer hw.h.locks.Unlock(hw.key)
-	// The write's own deadline no longer applies: it has been answered.
-	ctx, cancel := context.WithTimeout(hw.r.Context(), time.Duration(hw.h.WriteTimeout))
-	defer cancel()
-	_, v, known, err := hw.h.probeVersion(hw.r.WithContext(ctx), hw.next)
-	if err != nil || !known || !hw.recordable {
-		hw.h.cache.Forget(hw.key)
-	} else {
-		hw.h.cache.Record(hw.key, v)
-	}
-	if err == nil && known && v.Exists && v.ETag != "" {
-		hdr.Set("Etag", v.ETag)
 	}
 }
 
@@ -375,8 +362,6 @@ func (ow *outcomeWriter) WriteHeader(status int) {
 		// The connection becomes a tunnel for as long as it lasts; what it
 		// does to the resource is unknown.
 		ow.held.finish(0, "", "")
-	case status >= 200 && ow.held.h.hashTags:
-		ow.held.finishHashed(status, ow.Header())
 	case status >= 200:
 		// Read before an outer handler (such as encode) rewrites them.
 		hdr := ow.Header()

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
@@ -28,6 +29,17 @@ const DefaultHashMaxBody = 16 << 20
 // streamed as it arrives and its tag follows in a trailer field.
 const heldBodyLimit = 64 << 10
 
+// smallHeldLimit is the size of the held buffers most responses fit in; a
+// response that outgrows one moves to a buffer of heldBodyLimit.
+const smallHeldLimit = 4 << 10
+
+// heldFlushDelay is how long a held response may wait after the upstream
+// asked for a flush. reverse_proxy flushes after every write of a response
+// without Content-Length, most of which are complete microseconds later and
+// keep their tag in the header; a stream (NDJSON, a watch, a log tail) that
+// is still incomplete after it is streamed from then on.
+const heldFlushDelay = 100 * time.Millisecond
+
 // hashTagBytes is how much of the SHA-256 digest a tag keeps: 144 bits, far
 // beyond any chance of two versions of one resource colliding, in 24
 // characters of base64url.
@@ -44,9 +56,52 @@ type bodyHash struct {
 // Digest states and held bodies are recycled: hashing is the whole cost of
 // a tagged read, and allocating them was a third of it for small bodies.
 var (
-	bodyHashPool = sync.Pool{New: func() any { return &bodyHash{sum: sha256.New()} }}
-	heldPool     = sync.Pool{New: func() any { b := make([]byte, 0, heldBodyLimit); return &b }}
+	bodyHashPool  = sync.Pool{New: func() any { return &bodyHash{sum: sha256.New()} }}
+	heldPool      = sync.Pool{New: func() any { b := make([]byte, 0, heldBodyLimit); return &b }}
+	smallHeldPool = sync.Pool{New: func() any { b := make([]byte, 0, smallHeldLimit); return &b }}
 )
+
+// heldBuffer is a pooled buffer for a held body.
+type heldBuffer struct {
+	buf  *[]byte
+	pool *sync.Pool
+}
+
+// getHeld returns a buffer for a body of about size bytes (-1: unknown).
+func getHeld(size int64) heldBuffer {
+	if size >= 0 && size <= smallHeldLimit || size < 0 {
+		return heldBuffer{smallHeldPool.Get().(*[]byte), &smallHeldPool}
+	}
+	return heldBuffer{heldPool.Get().(*[]byte), &heldPool}
+}
+
+// append adds p, moving to a large buffer when the small one is full; it
+// reports false when even that cannot take p.
+func (hb *heldBuffer) append(p []byte) bool {
+	b := *hb.buf
+	if len(b)+len(p) > cap(b) {
+		if len(b)+len(p) > heldBodyLimit {
+			return false
+		}
+		large := heldPool.Get().(*[]byte)
+		*large = append((*large)[:0], b...)
+		hb.release()
+		hb.buf, hb.pool = large, &heldPool
+		b = *large
+	}
+	*hb.buf = append(b, p...)
+	return true
+}
+
+func (hb *heldBuffer) bytes() []byte { return *hb.buf }
+
+func (hb *heldBuffer) release() {
+	if hb.buf != nil {
+		*hb.buf = (*hb.buf)[:0]
+		hb.pool.Put(hb.buf)
+		hb.buf = nil
+	}
+}
 
 func newBodyHash(limit int64) *bodyHash {
 	b := bodyHashPool.Get().(*bodyHash)
@@ -77,12 +132,14 @@ func (b *bodyHash) etag() string {
 
 // serveHashedRead passes a GET or HEAD with `etags hash`: the upstream's
 // entity-tag is replaced by the digest of the body the client receives,
-// which is also what the cache learns. The client's If-None-Match names the
-// guard's tags, so the guard evaluates it instead of the upstream.
+// which is also what the cache learns. The client's If-None-Match and
+// If-Match name the guard's tags, so the guard evaluates them instead of
+// the upstream.
 func (h *Handler) serveHashedRead(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	hw := &hashingWriter{
 		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		h:                     h,
+		r:                     r,
 		head:                  r.Method == http.MethodHead,
 		learn:                 h.learnsFrom(r),
 	}
@@ -90,20 +147,64 @@ func (h *Handler) serveHashedRead(w http.ResponseWriter, r *http.Request, next c
 		hw.key = h.resourceKey(r)
 		hw.stamp = h.cache.Stamp(hw.key)
 	}
-	if lines, ok := r.Header["If-None-Match"]; ok {
-		if l, err := precondition.ParseList(lines); err == nil {
-			hw.ifNoneMatch = &l
+	hw.ifNoneMatch = parsedList(r.Header, "If-None-Match")
+	hw.ifMatch = parsedList(r.Header, "If-Match")
+	if hw.ifNoneMatch != nil && !hw.head && hw.learn {
+		// The client names a version it holds: unless the cache knows that
+		// another one is current, check it with a GET whose body is hashed
+		// and discarded, so that a body of any size the client already has
+		// is answered 304 instead of being sent again.
+		if v, ok := h.cache.Get(hw.key); !ok || v.Exists && v.ETag != "" && hw.noneMatch(v.ETag) {
+			if done, err := h.revalidateRead(w, r, next, hw); done {
+				return err
+			}
 		}
 	}
 	err := next.ServeHTTP(hw, withoutValidators(r))
 	return hw.finish(err)
 }
 
+func parsedList(hdr http.Header, field string) *precondition.List {
+	lines, ok := hdr[field]
+	if !ok {
+		return nil
+	}
+	l, err := precondition.ParseList(lines)
+	if err != nil {
+		return nil
+	}
+	return &l
+}
+
+// revalidateRead answers a conditional GET whose If-None-Match names the
+// cached version: 304 when a GET of the current representation hashes to
+// it; otherwise (done false) the request is served as any other.
+func (h *Handler) revalidateRead(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, hw *hashingWriter) (done bool, err error) {
+	stamp := h.cache.Stamp(hw.key)
+	resp, v, known, err := h.probeVersion(r, next)
+	if err != nil || !known || !v.Exists || v.ETag == "" || !hw.noneMatch(v.ETag) {
+		return false, nil
+	}
+	h.cache.Learn(hw.key, stamp, v)
+	hdr := w.Header()
+	// What a 304 must carry of the 200 it stands for (RFC 9110 section
+	// 15.4.5), and its validators.
+	for _, f := range [...]string{"Cache-Control", "Content-Location", "Date", "Expires", "Vary", "Last-Modified"} {
+		if vv, ok := resp.header[f]; ok {
+			hdr[f] = vv
+		}
+	}
+	hdr.Set("Etag", v.ETag)
+	w.WriteHeader(http.StatusNotModified)
+	return true, nil
+}
+
 // withoutValidators returns r without the validators that name the guard's
 // tags, which the upstream cannot evaluate. A Range that depends on such a
-// validator (If-Range) goes too: the full representation is a valid answer,
-// a part of another version is not. If-Modified-Since goes with
-// If-None-Match, which takes precedence over it (RFC 9110 section 13.2.2).
+// validator (If-Range, If-Match) goes too: the full representation is a
+// valid answer, a part of another version is not. If-Modified-Since goes
+// with If-None-Match, which takes precedence over it (RFC 9110 section
+// 13.2.2).
 func withoutValidators(r *http.Request) *http.Request {
 	hdr := r.Header
 	_, inm := hdr["If-None-Match"]
@@ -114,12 +215,12 @@ func withoutValidators(r *http.Request) *http.Request {
 	}
 	r = r.WithContext(r.Context())
 	r.Header = hdr.Clone()
-	r.Header.Del("If-Match")
 	if inm {
 		r.Header.Del("If-None-Match")
 		r.Header.Del("If-Modified-Since")
 	}
-	if ir {
+	if im || ir {
+		r.Header.Del("If-Match")
 		r.Header.Del("If-Range")
 		r.Header.Del("Range")
 	}
@@ -133,46 +234,55 @@ const (
 	holding                     // header and body held back while the body is hashed
 	streaming                   // header sent, body hashed on its way out, tag in a trailer
 	passing                     // nothing to tag: everything passes as is
+	finished                    // the next handler returned
 )
 
 // hashingWriter tags a GET response with the digest of its body. Small
 // bodies are held until complete so that the tag can go in the header (and
-// a matching If-None-Match be answered 304); larger ones stream, and their
-// tag follows in a trailer field.
+// a matching If-None-Match be answered 304); larger ones, and streams that
+// pause after a flush, are passed on as they come, and their tag follows in
+// a trailer field.
+//
+// The mutex is for the timer that ends a hold after a flush: it runs on
+// its own goroutine.
 type hashingWriter struct {
 	caddyhttp.ResponseWriterWrapper
 	h           *Handler
+	r           *http.Request
 	key         string
 	stamp       etagcache.Stamp
 	learn       bool
 	head        bool
 	ifNoneMatch *precondition.List
+	ifMatch     *precondition.List
 
-	state   hashingState
-	status  int
-	hash    *bodyHash
-	held    []byte
-	heldBuf *[]byte // where held came from, to go back to heldPool
-}
-
-// recycle returns the digest state and the held buffer to their pools once
-// nothing refers to them any more.
-func (hw *hashingWriter) recycle() {
-	if hw.hash != nil {
-		hw.hash.release()
-		hw.hash = nil
-	}
-	if hw.heldBuf != nil {
-		heldPool.Put(hw.heldBuf)
-		hw.heldBuf, hw.held = nil, nil
-	}
+	mu         sync.Mutex
+	state      hashingState
+	status     int
+	hash       *bodyHash
+	held       heldBuffer
+	flushTimer *time.Timer
+	// coding is the Content-Encoding the upstream sent; one that appears
+	// later was added by an outer encode.
+	coding string
 }
 
 func (hw *hashingWriter) WriteHeader(status int) {
+	hw.mu.Lock()
+	defer hw.mu.Unlock()
+	hw.writeHeader(status)
+}
+
+func (hw *hashingWriter) writeHeader(status int) {
 	if hw.state != awaitingHeader {
 		return
 	}
 	if status < 200 {
+		if status == http.StatusSwitchingProtocols {
+			// The connection stops being HTTP's: nothing to tag, nothing
+			// more to send.
+			hw.state = passing
+		}
 		hw.ResponseWriterWrapper.WriteHeader(status)
 		return
 	}
@@ -182,12 +292,16 @@ func (hw *hashingWriter) WriteHeader(status int) {
 	hw.status = status
 	hw.state = passing
 	switch {
-	case hw.head || status == http.StatusNotModified:
-		status = hw.fromCache(status)
-	case status == http.StatusPartialContent:
-		// A part is not the representation.
+	case hw.head:
+		status = hw.headFromCache(status)
+	case status == http.StatusNotModified, status == http.StatusPartialContent:
+		// The upstream's 304 answers If-Modified-Since, at the one-second
+		// resolution of dates: the client's copy may be an older version
+		// than the one the cache knows, so it gets no tag. A part is not
+		// the representation.
 	case status >= 200 && status < 300:
 		hw.hash = newBodyHash(hw.h.HashMaxBody)
+		hw.coding = hdr.Get("Content-Encoding")
 		size := contentLength(hdr)
 		switch {
 		case size > hw.h.HashMaxBody:
@@ -198,8 +312,7 @@ func (hw *hashingWriter) WriteHeader(status int) {
 			return
 		default:
 			hw.state = holding
-			hw.heldBuf = heldPool.Get().(*[]byte)
-			hw.held = (*hw.heldBuf)[:0]
+			hw.held = getHeld(size)
 			return
 		}
 	default:
@@ -208,15 +321,16 @@ func (hw *hashingWriter) WriteHeader(status int) {
 	hw.ResponseWriterWrapper.WriteHeader(status)
 }
 
-// fromCache labels a response that carries no representation to hash (HEAD,
-// 304) with the tag the cache knows, and turns a HEAD whose If-None-Match
-// names it into 304.
-func (hw *hashingWriter) fromCache(status int) int {
+// headFromCache labels a HEAD with the tag the cache knows, and turns a
+// HEAD whose If-None-Match names it into 304. The cached tag names the
+// version a GET hashed; a HEAD whose Last-Modified differs from that
+// version's shows that it is not current any more.
+func (hw *hashingWriter) headFromCache(status int) int {
 	if status == http.StatusNotFound || status == http.StatusGone {
 		hw.learnVersion("")
 		return status
 	}
-	if !hw.learn || status < 200 || status >= 300 && status != http.StatusNotModified {
+	if !hw.learn || status < 200 || status >= 300 {
 		return status
 	}
 	v, ok := hw.h.cache.Get(hw.key)
@@ -224,8 +338,12 @@ func (hw *hashingWriter) fromCache(status int) int {
 		return status
 	}
 	hdr := hw.Header()
+	if lm, err := http.ParseTime(hdr.Get("Last-Modified")); err == nil && !lm.Equal(v.LastModified) {
+		hw.h.cache.Forget(hw.key)
+		return status
+	}
 	hdr.Set("Etag", v.ETag)
-	if status != http.StatusNotModified && hw.noneMatch(v.ETag) {
+	if hw.noneMatch(v.ETag) {
 		notModifiedHeader(hdr)
 		return http.StatusNotModified
 	}
@@ -246,18 +364,19 @@ func (hw *hashingWriter) learnVersion(tag string) {
 // noneMatch reports whether the client's If-None-Match names tag, by the
 // weak comparison RFC 9110 prescribes for it.
 func (hw *hashingWriter) noneMatch(tag string) bool {
-	if hw.ifNoneMatch == nil {
-		return false
-	}
-	if hw.ifNoneMatch.Any {
+	return hw.ifNoneMatch != nil && listMatches(hw.ifNoneMatch, tag, precondition.Lenient)
+}
+
+func listMatches(l *precondition.List, tag string, m precondition.Matching) bool {
+	if l.Any {
 		return true
 	}
 	current, ok := precondition.ParseETag(tag)
 	if !ok {
 		return false
 	}
-	for _, t := range hw.ifNoneMatch.Tags {
-		if precondition.Lenient.Match(t, current) {
+	for _, t := range l.Tags {
+		if m.Match(t, current) {
 			return true
 		}
 	}
@@ -275,25 +394,25 @@ func (hw *hashingWriter) startStreaming() error {
 	hw.state = streaming
 	hw.ResponseWriterWrapper.WriteHeader(hw.status)
 	var err error
-	if len(hw.held) > 0 {
-		_, err = hw.ResponseWriterWrapper.Write(hw.held)
-	}
-	if hw.heldBuf != nil {
-		heldPool.Put(hw.heldBuf)
-		hw.heldBuf, hw.held = nil, nil
+	if hw.held.buf != nil {
+		if b := hw.held.bytes(); len(b) > 0 {
+			_, err = hw.ResponseWriterWrapper.Write(b)
+		}
+		hw.held.release()
 	}
 	return err
 }
 
 func (hw *hashingWriter) Write(p []byte) (int, error) {
+	hw.mu.Lock()
+	defer hw.mu.Unlock()
 	if hw.state == awaitingHeader {
-		hw.WriteHeader(http.StatusOK)
+		hw.writeHeader(http.StatusOK)
 	}
 	switch hw.state {
 	case holding:
 		hw.hash.Write(p)
-		if len(hw.held)+len(p) <= heldBodyLimit {
-			hw.held = append(hw.held, p...)
+		if hw.held.append(p) {
 			return len(p), nil
 		}
 		if err := hw.startStreaming(); err != nil {
@@ -301,6 +420,8 @@ func (hw *hashingWriter) Write(p []byte) (int, error) {
 		}
 	case streaming:
 		hw.hash.Write(p)
+	case finished:
+		return 0, http.ErrHandlerTimeout
 	}
 	return hw.ResponseWriterWrapper.Write(p)
 }
@@ -308,47 +429,94 @@ func (hw *hashingWriter) Write(p []byte) (int, error) {
 // ReadFrom keeps the underlying writer's fast paths for bodies that are not
 // hashed; the others must pass through Write.
 func (hw *hashingWriter) ReadFrom(r io.Reader) (int64, error) {
+	hw.mu.Lock()
 	if hw.state == awaitingHeader {
-		hw.WriteHeader(http.StatusOK)
+		hw.writeHeader(http.StatusOK)
 	}
-	if hw.state == passing {
+	state := hw.state
+	hw.mu.Unlock()
+	if state == passing {
 		return hw.ResponseWriterWrapper.ReadFrom(r)
 	}
 	return io.Copy(writerOnly{hw}, r)
 }
 
-// FlushError lets a streaming response reach the client as it comes. A held
-// response is flushed when it is complete: reverse_proxy flushes after
-// every write of a response without Content-Length, which would otherwise
-// push every such response's tag into a trailer that most clients ignore.
+// FlushError lets a streaming response reach the client as it comes. A
+// held response is flushed when it is complete, or heldFlushDelay after the
+// first flush if it is not complete by then.
 func (hw *hashingWriter) FlushError() error {
+	hw.mu.Lock()
+	defer hw.mu.Unlock()
 	if hw.state == awaitingHeader {
-		hw.WriteHeader(http.StatusOK)
+		hw.writeHeader(http.StatusOK)
 	}
-	if hw.state == holding {
+	switch hw.state {
+	case holding:
+		if hw.flushTimer == nil {
+			hw.flushTimer = time.AfterFunc(heldFlushDelay, hw.flushHeld)
+		}
+		return nil
+	case finished:
 		return nil
 	}
 	return http.NewResponseController(hw.ResponseWriterWrapper.ResponseWriter).Flush()
 }
 
+// flushHeld ends a hold that a flush asked to end: the response is a stream.
+func (hw *hashingWriter) flushHeld() {
+	hw.mu.Lock()
+	defer hw.mu.Unlock()
+	if hw.state != holding {
+		return
+	}
+	if hw.startStreaming() == nil {
+		http.NewResponseController(hw.ResponseWriterWrapper.ResponseWriter).Flush()
+	}
+}
+
+// representationFields describe a response body; a held response that
+// failed leaves them behind for Caddy's error answer unless removed.
+var representationFields = [...]string{"Content-Length", "Content-Encoding", "Content-Type", "Content-Range", "Content-Language", "Content-Location", "Last-Modified", "Etag", "Trailer"}
+
 // finish completes the response once the next handler has returned.
 func (hw *hashingWriter) finish(err error) error {
-	defer hw.recycle()
-	if hw.state == awaitingHeader {
-		if err != nil {
-			return err
-		}
-		hw.WriteHeader(http.StatusOK)
+	hw.mu.Lock()
+	defer hw.mu.Unlock()
+	if hw.flushTimer != nil {
+		hw.flushTimer.Stop()
 	}
-	switch hw.state {
+	defer hw.recycle()
+	if hw.state == awaitingHeader && err == nil {
+		hw.writeHeader(http.StatusOK)
+	}
+	state := hw.state
+	hw.state = finished
+	switch state {
 	case holding:
 		if err != nil {
-			// Nothing has been sent: the error can still be answered.
+			// Nothing has been sent: the error can still be answered, and
+			// the failed response's fields must not describe that answer.
+			hdr := hw.Header()
+			for _, f := range representationFields {
+				hdr.Del(f)
+			}
 			return err
 		}
 		tag := hw.hash.etag()
 		hw.learnVersion(tag)
 		hdr := hw.Header()
+		if hw.ifMatch != nil && !(tag != "" && listMatches(hw.ifMatch, tag, hw.h.matching)) {
+			for _, f := range representationFields {
+				hdr.Del(f)
+			}
+			return writeProblem(hw.ResponseWriterWrapper.ResponseWriter, hw.r, problem{
+				Type:   problemPreconditionFailed,
+				Title:  "Precondition failed",
+				Status: http.StatusPreconditionFailed,
+				Detail: "The representation changed since the version named in If-Match. GET it without If-Match to have the current version and its ETag.",
+				Header: "If-Match",
+			})
+		}
 		if tag != "" {
 			hdr.Set("Etag", tag)
 			if hw.noneMatch(tag) {
@@ -358,21 +526,37 @@ func (hw *hashingWriter) finish(err error) error {
 			}
 		}
 		hw.ResponseWriterWrapper.WriteHeader(hw.status)
-		if len(hw.held) > 0 {
-			_, err = hw.ResponseWriterWrapper.Write(hw.held)
+		if b := hw.held.bytes(); len(b) > 0 {
+			_, err = hw.ResponseWriterWrapper.Write(b)
 		}
 	case streaming:
 		if err != nil {
 			return err
 		}
 		tag := hw.hash.etag()
-		if tag != "" {
-			// Declared in the Trailer field: sent after the body.
-			hw.Header().Set("Etag", tag)
-		}
 		hw.learnVersion(tag)
+		if tag != "" {
+			hdr := hw.Header()
+			// encode suffixes a strong tag in the header with the coding
+			// it applied; a trailer escapes it, so do it here.
+			if c := hdr.Get("Content-Encoding"); c != "" && c != hw.coding {
+				tag = tag[:len(tag)-1] + "-" + c + `"`
+			}
+			// Declared in the Trailer field: sent after the body.
+			hdr.Set("Etag", tag)
+		}
 	}
 	return err
+}
+
+// recycle returns the digest state and the held buffer to their pools once
+// nothing refers to them any more.
+func (hw *hashingWriter) recycle() {
+	if hw.hash != nil {
+		hw.hash.release()
+		hw.hash = nil
+	}
+	hw.held.release()
 }
 
 // notModifiedHeader trims a 200's header to what a 304 carries.

@@ -284,7 +284,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		TTL:         time.Duration(h.CacheTTL),
 		Generations: shared.generations,
 	}
-	cache, key, err := attachCache(cacheCfg)
+	etags := "upstream"
+	if h.hashTags {
+		etags = "hash"
+	}
+	cache, key, err := attachCache(cacheCfg, etags)
 	if err != nil {
 		return fmt.Errorf("write_guard cache: %v", err)
 	}

@@ -3,6 +3,7 @@ package writeguard
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -117,7 +118,11 @@ type probeResponse struct {
 // passed on to the client (401, 403) is ever shown.
 const probeBodyLimit = 16 << 10
 
-func (h *Handler) probe(r *http.Request, method string, next caddyhttp.Handler) (*probeResponse, error) {
+// errProbeAborted reports a probe whose response broke off: reverse_proxy
+// panics with http.ErrAbortHandler when the upstream's body does.
+var errProbeAborted = errors.New("the upstream's answer to the version check broke off")
+
+func (h *Handler) probe(r *http.Request, method string, next caddyhttp.Handler) (resp *probeResponse, err error) {
 	pr := r.Clone(r.Context())
 	pr.Method = method
 	pr.Body = http.NoBody
@@ -128,13 +133,29 @@ func (h *Handler) probe(r *http.Request, method string, next caddyhttp.Handler) 
 	for _, f := range probeStripped {
 		pr.Header.Del(f)
 	}
+	// The check is a read: a method override field would make a backend
+	// that honours it perform the write before its precondition is known.
+	for _, f := range defaultMethodOverride {
+		pr.Header.Del(f)
+	}
+	for _, f := range h.overrideFields {
+		pr.Header.Del(f)
+	}
 	// A cache between Caddy and the origin must not answer for the origin.
 	pr.Header.Set("Cache-Control", "no-cache")
-	resp := &probeResponse{header: make(http.Header)}
+	resp = &probeResponse{header: make(http.Header)}
 	if h.hashTags && method == http.MethodGet {
 		resp.hash = newBodyHash(h.HashMaxBody)
 	}
-	err := next.ServeHTTP(&probeWriter{resp: resp}, pr)
+	defer func() {
+		if rec := recover(); rec != nil {
+			if rec != http.ErrAbortHandler {
+				panic(rec)
+			}
+			err = errProbeAborted
+		}
+	}()
+	err = next.ServeHTTP(&probeWriter{resp: resp}, pr)
 	if err == nil && resp.status == 0 {
 		resp.status = http.StatusOK
 	}

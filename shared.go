@@ -42,7 +42,10 @@ func attachShared() (*sharedState, error) {
 	return v.(*sharedState), nil
 }
 
-type sharedCache struct{ *etagcache.Cache }
+type sharedCache struct {
+	*etagcache.Cache
+	etags string // whose tags it holds: "upstream" or "hash"
+}
 
 // Destruct runs when no configuration uses the cache any more. Requests of a
 // retired configuration may still be finishing; the cache's Close waits for
@@ -54,14 +57,16 @@ func (c sharedCache) Destruct() error {
 
 // attachCache returns the cache for cfg, shared by every handler with the
 // same cache settings, so a reload that keeps them keeps what was learned.
-func attachCache(cfg etagcache.Config) (*etagcache.Cache, string, error) {
-	key := fmt.Sprintf("write_guard.cache/%d/%d/%s", cfg.MaxEntries, cfg.MaxBytes, cfg.TTL)
+// Tags of the upstream and the guard's own (etags) never share a cache: a
+// guard that hashes must not take an upstream tag for a version.
+func attachCache(cfg etagcache.Config, etags string) (*etagcache.Cache, string, error) {
+	key := fmt.Sprintf("write_guard.cache/%s/%d/%d/%s", etags, cfg.MaxEntries, cfg.MaxBytes, cfg.TTL)
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		c, err := etagcache.New(cfg)
 		if err != nil {
 			return nil, err
 		}
-		return sharedCache{c}, nil
+		return sharedCache{c, etags}, nil
 	})
 	if err != nil {
 		return nil, "", err
