@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -31,6 +32,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		// An outer guard checked this write and holds this resource's lock.
 		return next.ServeHTTP(w, r)
 	}
+	setPlaceholder(r, "http.write_guard.key", key)
 	cond, err := precondition.Parse(r.Header)
 	if err != nil {
 		var he *precondition.HeaderError
@@ -75,6 +77,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			})
 		}
 		if r.Context().Err() != nil {
+			decided(r, outcomeClientGone)
 			return caddyhttp.Error(499, err) // the client is gone
 		}
 		var spool *spoolError
@@ -96,9 +99,16 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	ctx := context.WithValue(r.Context(), guardedCtxKey{}, key)
 	r = r.WithContext(ctx)
 
-	if err := h.lock(ctx, key); err != nil {
+	waitStart := time.Now()
+	err = h.lock(ctx, key)
+	waited := time.Since(waitStart)
+	observeLockWait(waited)
+	setPlaceholder(r, "http.write_guard.lock_wait", waited)
+	setPlaceholder(r, "http.write_guard.lock_wait_ms", waited.Seconds()*1e3)
+	if err != nil {
 		if ctx.Err() != nil {
 			// The client left while it waited; nobody is there to answer.
+			decided(r, outcomeClientGone)
 			return caddyhttp.Error(499, err)
 		}
 		detail := fmt.Sprintf("Other writes to this resource kept it locked for more than %s. Retry after the time given in Retry-After, with the same precondition.", time.Duration(h.LockTimeout))
@@ -152,6 +162,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			}
 			outcome = cond.Evaluate(state, h.matching)
 		}
+		setPlaceholder(r, "http.write_guard.etag", state.ETag)
 		if outcome != precondition.Pass {
 			held.release()
 			h.logRejection(r, "stale", outcome.Field())
@@ -162,6 +173,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		}
 	}
 
+	decided(r, outcomeAllowed)
 	if h.hashTags {
 		tw := &taggingWriter{
 			ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
@@ -195,6 +207,7 @@ var errWriteTimeout = errors.New("write_timeout elapsed before the upstream answ
 // response: a problem body for the upstream's failures, the error itself for
 // other handlers' (so that handle_errors sees them).
 func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, clientCtx context.Context, err error) error {
+	guardMetrics().upstreamFailures.Inc()
 	if clientCtx.Err() != nil {
 		return caddyhttp.Error(499, err) // the client is gone
 	}
@@ -219,6 +232,19 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, clientC
 		Status: status,
 		Detail: detail,
 	})
+}
+
+// decided counts a guarded request's outcome and shows it to access logs.
+func decided(r *http.Request, outcome string) {
+	countOutcome(outcome)
+	setPlaceholder(r, "http.write_guard.outcome", outcome)
+}
+
+// setPlaceholder sets one of the guard's placeholders for the request.
+func setPlaceholder(r *http.Request, name string, value any) {
+	if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		repl.Set(name, value)
+	}
 }
 
 // guardedCtxKey marks a request with the key of the resource a guard has
@@ -384,7 +410,9 @@ func (ow *outcomeWriter) ReadFrom(r io.Reader) (int64, error) {
 	return ow.ResponseWriterWrapper.ReadFrom(r)
 }
 
+// logRejection counts and logs a refused request.
 func (h *Handler) logRejection(r *http.Request, outcome, field string) {
+	decided(r, outcome)
 	if c := h.logger.Check(zapcore.InfoLevel, "write rejected"); c != nil {
 		fields := []zap.Field{
 			zap.String("method", r.Method),

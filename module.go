@@ -271,6 +271,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("write_guard metrics: %v", err)
+	}
+
 	shared, err := attachShared()
 	if err != nil {
 		return err

@@ -88,8 +88,21 @@ func (h *Handler) probeVersion(r *http.Request, next caddyhttp.Handler) (resp *p
 		}
 	}
 	if err != nil {
+		countProbe(probeFailed)
 		return resp, etagcache.Version{}, false, err
 	}
+	defer func() {
+		switch {
+		case known:
+			countProbe(probeVersion)
+		case resp.status >= 200 && resp.status < 300:
+			countProbe(probeNoVersion)
+		case resp.status == http.StatusUnauthorized || resp.status == http.StatusForbidden:
+			countProbe(probeUnauthorized)
+		default:
+			countProbe(probeFailed)
+		}
+	}()
 	etag := resp.header.Get("Etag")
 	if h.hashTags {
 		etag = ""

@@ -51,6 +51,7 @@ type sharedCache struct {
 // retired configuration may still be finishing; the cache's Close waits for
 // their stores and makes later ones harmless.
 func (c sharedCache) Destruct() error {
+	retireCacheStats(c.Stats())
 	c.Close()
 	return nil
 }
