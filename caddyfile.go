@@ -37,6 +37,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		method_override <field...>|off    # default: X-HTTP-Method-Override X-HTTP-Method X-Method-Override
 //		key_trailing_slash ignore|keep    # default: ignore
 //		key_case_insensitive              # default: off
+//		refusals        problem|handle_errors # default: problem
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -163,6 +164,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.KeyTrailingSlash = "keep"
 			default:
 				return d.Errf("key_trailing_slash: %q is not one of ignore, keep", d.Val())
+			}
+		case "refusals":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch d.Val() {
+			case "problem":
+			case "handle_errors":
+				h.Refusals = "handle_errors"
+			default:
+				return d.Errf("refusals: %q is not one of problem, handle_errors", d.Val())
 			}
 		case "key_case_insensitive":
 			h.KeyCaseInsensitive = true

@@ -38,7 +38,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		var he *precondition.HeaderError
 		errors.As(err, &he)
 		h.logRejection(r, "bad_request", he.Field)
-		return writeProblem(w, r, problem{
+		return h.refuse(w, r, problem{
 			Type:   problemInvalidPrecondition,
 			Title:  "Invalid precondition",
 			Status: http.StatusBadRequest,
@@ -52,7 +52,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			status = http.StatusConflict
 		}
 		h.logRejection(r, "blind", "")
-		return writeProblem(w, r, problem{
+		return h.refuse(w, r, problem{
 			Type:   problemPreconditionRequired,
 			Title:  "Precondition required",
 			Status: status,
@@ -69,7 +69,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
 			h.logRejection(r, "too_large", "")
-			return writeProblem(w, r, problem{
+			return h.refuse(w, r, problem{
 				Type:   problemBodyTooLarge,
 				Title:  "Request body too large",
 				Status: http.StatusRequestEntityTooLarge,
@@ -86,7 +86,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		h.logRejection(r, "bad_request", "")
-		return writeProblem(w, r, problem{
+		return h.refuse(w, r, problem{
 			Type:   problemBodyUnreadable,
 			Title:  "Request body unreadable",
 			Status: http.StatusBadRequest,
@@ -116,7 +116,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			detail = fmt.Sprintf("%d other writes to this resource are already waiting. Retry after the time given in Retry-After, with the same precondition.", h.MaxWaiters)
 		}
 		h.logRejection(r, "busy", "")
-		return writeProblem(w, r, problem{
+		return h.refuse(w, r, problem{
 			Type:       problemResourceBusy,
 			Title:      "Resource busy",
 			Status:     http.StatusConflict,
@@ -169,7 +169,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			if c := h.logger.Check(zapcore.DebugLevel, "precondition failed"); c != nil {
 				c.Write(zap.String("key", key), zap.String("current_etag", state.ETag), zap.Bool("exists", state.Exists))
 			}
-			return writeProblem(w, r, h.failedProblem(outcome, state))
+			return h.refuse(w, r, h.failedProblem(outcome, state))
 		}
 	}
 
@@ -226,7 +226,7 @@ func (h *Handler) upstreamFailed(w http.ResponseWriter, r *http.Request, clientC
 	if c := h.logger.Check(zapcore.WarnLevel, "write failed upstream"); c != nil {
 		c.Write(zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Int("status", status), zap.Error(err))
 	}
-	return writeProblem(w, r, problem{
+	return h.refuse(w, r, problem{
 		Type:   problemUpstreamFailed,
 		Title:  "Upstream failed",
 		Status: status,

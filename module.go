@@ -159,6 +159,15 @@ type Handler struct {
 	// fields, for backends that ignore them. Default: false.
 	MethodOverrideOff bool `json:"method_override_off,omitempty"`
 
+	// Refusals selects how refused requests are answered: "problem" writes
+	// an application/problem+json body (RFC 9457); "handle_errors" hands
+	// the refusal to the server's handle_errors routes as an error with the
+	// refusal's status, and the problem's fields in the placeholders
+	// {http.write_guard.problem.type}, .title, .detail, .header and .json
+	// (the whole body), so that a site can answer in its own words.
+	// Default: "problem".
+	Refusals string `json:"refusals,omitempty"`
+
 	// KeyTrailingSlash says whether a trailing slash makes another
 	// resource: "ignore" gives "/doc/" and "/doc" one key, as most
 	// frameworks route them alike or redirect one to the other; "keep"
@@ -323,6 +332,11 @@ func (h *Handler) Validate() error {
 	default:
 		return fmt.Errorf("etag_match: %q is not one of default, strict", h.ETagMatch)
 	}
+	switch h.Refusals {
+	case "", "problem", "handle_errors":
+	default:
+		return fmt.Errorf("refusals: %q is not one of problem, handle_errors", h.Refusals)
+	}
 	switch h.KeyTrailingSlash {
 	case "", "ignore", "keep":
 	default:
@@ -395,7 +409,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		m, err := h.overriddenMethod(r)
 		if err != nil {
 			h.logRejection(r, "bad_request", err.field)
-			return writeProblem(w, r, problem{
+			return h.refuse(w, r, problem{
 				Type:   problemInvalidMethodOverride,
 				Title:  "Invalid method override",
 				Status: http.StatusBadRequest,

@@ -65,7 +65,7 @@ func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string,
 	}
 	return precondition.State{}, func() error {
 		h.logRejection(r, "probe_failed", "")
-		return writeProblem(w, r, problem{
+		return h.refuse(w, r, problem{
 			Type:   problemProbeFailed,
 			Title:  "Version check failed",
 			Status: status,

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // problemBase prefixes every problem type; the fragments are documented in
@@ -37,6 +39,37 @@ type problem struct {
 
 	retryAfter int
 }
+
+// refuse answers a request the guard does not forward: with a problem body,
+// or, with `refusals handle_errors`, by handing it to the server's
+// handle_errors routes as an error with the problem in placeholders.
+func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, p problem) error {
+	if h.Refusals != "handle_errors" {
+		return writeProblem(w, r, p)
+	}
+	p.Type = problemBase + p.Type
+	p.Instance = r.URL.EscapedPath()
+	body, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	setPlaceholder(r, "http.write_guard.problem.type", p.Type)
+	setPlaceholder(r, "http.write_guard.problem.title", p.Title)
+	setPlaceholder(r, "http.write_guard.problem.detail", p.Detail)
+	setPlaceholder(r, "http.write_guard.problem.header", p.Header)
+	setPlaceholder(r, "http.write_guard.problem.json", string(body))
+	if p.retryAfter > 0 {
+		// Caddy answers errors with the header as it stands.
+		w.Header().Set("Retry-After", strconv.Itoa(p.retryAfter))
+	}
+	return caddyhttp.Error(p.Status, refusalError{p})
+}
+
+// refusalError carries a refusal to handle_errors; its message is the
+// problem's detail, {http.error.message}.
+type refusalError struct{ p problem }
+
+func (e refusalError) Error() string { return e.p.Detail }
 
 func writeProblem(w http.ResponseWriter, r *http.Request, p problem) error {
 	p.Type = problemBase + p.Type

@@ -266,3 +266,47 @@ func TestAdminResource(t *testing.T) {
 		}
 	}
 }
+
+// TestHandleErrorsExample runs examples/Caddyfile.handle-errors against a
+// backend: the refusals get the example's pages, and a busy refusal keeps
+// its Retry-After.
+func TestHandleErrorsExample(t *testing.T) {
+	raw, err := os.ReadFile("../examples/Caddyfile.handle-errors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := newStore(map[string]string{"/doc": "v1"})
+	store.WriteDelay = 300 * time.Millisecond
+	// The site block's body, pointed at the test backend.
+	example := string(raw)
+	body := example[strings.Index(example, "app.example.com {")+len("app.example.com {") : strings.LastIndex(example, "}")]
+	body = strings.Replace(body, "127.0.0.1:8085", startBackend(t, store), 1)
+	body = strings.Replace(body, "refusals handle_errors", "refusals handle_errors\n\t\tlock_timeout 100ms", 1)
+	startCaddy(t, body)
+	client := &http.Client{Timeout: 30 * time.Second}
+
+	blind := do(t, client, "PUT", "/doc", "x")
+	if blind.status != 428 || !strings.Contains(blind.header.Get("Content-Type"), "text/html") || !strings.Contains(blind.body, "<h1>Precondition required</h1>") {
+		t.Errorf("blind write: %d %q %q", blind.status, blind.header.Get("Content-Type"), blind.body)
+	}
+	tag := do(t, client, "GET", "/doc", "").header.Get("ETag")
+	stale := do(t, client, "PUT", "/doc", "x", `If-Match: "old"`)
+	if stale.status != 412 || !strings.Contains(stale.body, "<h1>Precondition failed</h1>") {
+		t.Errorf("stale write: %d %q", stale.status, stale.body)
+	}
+	// While one write holds the resource, another times out waiting: 409,
+	// answered by the catch-all route with the problem itself.
+	slow := make(chan response, 1)
+	go func() { slow <- do(t, client, "PUT", "/doc", "v2", "If-Match: "+tag) }()
+	time.Sleep(100 * time.Millisecond)
+	busy := do(t, client, "PUT", "/doc", "v3", "If-Match: "+tag)
+	if first := <-slow; first.status != 200 {
+		t.Fatalf("first write: %d %s", first.status, first.body)
+	}
+	if busy.status != http.StatusConflict || busy.header.Get("Retry-After") == "" {
+		t.Fatalf("busy write: %d Retry-After %q", busy.status, busy.header.Get("Retry-After"))
+	}
+	if p := problemOf(t, busy); !strings.HasSuffix(p.Type, "#resource-busy") || p.Instance != "/doc" {
+		t.Errorf("busy problem: %+v", p)
+	}
+}
