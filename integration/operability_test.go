@@ -48,15 +48,33 @@ func scrape(t *testing.T) map[string]float64 {
 func TestMetrics(t *testing.T) {
 	store := newStore(map[string]string{"/doc": "v1", "/other": "o1"})
 	store.WriteDelay = 100 * time.Millisecond
+	// /broken cannot be checked (its HEAD fails); a write to /reset is
+	// applied and then its connection dropped.
+	faulty := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/broken":
+			http.Error(w, "down", http.StatusInternalServerError)
+		case r.URL.Path == "/reset" && r.Method == http.MethodPut:
+			if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				conn.Close()
+			}
+		default:
+			store.ServeHTTP(w, r)
+		}
+	})
+	store.Put("/reset", []byte("r1"))
 	startCaddy(t, fmtSite(`
 	metrics /metrics
 	write_guard {
 		max_waiters 1
 		max_body 1KiB
 	}
-	reverse_proxy %s`, startBackend(t, store)))
+	reverse_proxy %s`, startBackend(t, faulty)))
 	client := &http.Client{Timeout: 30 * time.Second}
 	before := scrape(t)
+
+	do(t, client, "PUT", "/broken", "x", "If-Match: *") // probe_failed
+	do(t, client, "PUT", "/reset", "r2", "If-Match: *") // allowed, then the upstream fails
 
 	tag := do(t, client, "GET", "/doc", "").header.Get("ETag")             // teaches the cache
 	do(t, client, "PUT", "/doc", "v2", "If-Match: "+tag)                   // allowed, cache hit
@@ -93,10 +111,13 @@ func TestMetrics(t *testing.T) {
 	delta := func(sample string) float64 { return after[sample] - before[sample] }
 
 	for sample, want := range map[string]float64{
-		`caddy_write_guard_requests_total{outcome="blind"}`:       1,
-		`caddy_write_guard_requests_total{outcome="bad_request"}`: 1,
-		`caddy_write_guard_requests_total{outcome="too_large"}`:   1,
-		`caddy_write_guard_requests_total{outcome="busy"}`:        float64(busy),
+		`caddy_write_guard_requests_total{outcome="blind"}`:        1,
+		`caddy_write_guard_requests_total{outcome="bad_request"}`:  1,
+		`caddy_write_guard_requests_total{outcome="too_large"}`:    1,
+		`caddy_write_guard_requests_total{outcome="busy"}`:         float64(busy),
+		`caddy_write_guard_requests_total{outcome="probe_failed"}`: 1,
+		`caddy_write_guard_probes_total{result="failed"}`:          1,
+		`caddy_write_guard_upstream_failures_total`:                1,
 	} {
 		if got := delta(sample); got != want {
 			t.Errorf("%s moved by %v, want %v", sample, got, want)
