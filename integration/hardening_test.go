@@ -127,24 +127,7 @@ func TestAliasesShareOneResource(t *testing.T) {
 	for round, pair := range [][2]string{{"/docs/a", "//docs/a"}, {"/docs/%61", "/docs/a/"}, {"/./docs/a", "/docs/x/../a"}} {
 		tag := do(t, client, "GET", "/docs/a", "").header.Get("ETag")
 		before := store.Writes()
-		statuses := make(chan int, 2)
-		start := make(chan struct{})
-		for i, alias := range pair {
-			go func() {
-				<-start
-				req, _ := http.NewRequest(http.MethodPut, caddyBase+alias, strings.NewReader(fmt.Sprintf("round %d writer %d", round, i)))
-				req.Header.Set("If-Match", tag)
-				resp, err := client.Do(req)
-				if err != nil {
-					statuses <- 0
-					return
-				}
-				resp.Body.Close()
-				statuses <- resp.StatusCode
-			}()
-		}
-		close(start)
-		a, b := <-statuses, <-statuses
+		a, b := racePair(client, pair, tag, func(i int) string { return fmt.Sprintf("round %d writer %d", round, i) })
 		if !(a == 200 && b == 412 || a == 412 && b == 200) {
 			t.Errorf("%s and %s: statuses %d and %d, want one 200 and one 412", pair[0], pair[1], a, b)
 		}

@@ -74,15 +74,57 @@ func (wl *workload) edit(client *http.Client, res, line string) int {
 	}
 	tag := resp.Header.Get("ETag")
 	time.Sleep(wl.think)
-	req, _ := http.NewRequest(http.MethodPut, wl.base+res, strings.NewReader(string(body)+line+"\n"))
+	return putIfMatch(client, wl.base+res, string(body)+line+"\n", tag)
+}
+
+// putIfMatch sends a conditional PUT and returns its status, or 0 when the
+// exchange failed.
+func putIfMatch(client *http.Client, url, body, tag string) int {
+	req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader(body))
 	req.Header.Set("If-Match", tag)
-	resp, err = client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// requireNoneLost checks a guarded run of the workload: nothing lost,
+// everything acknowledged, contention seen, no overlapping writes.
+func (wl *workload) requireNoneLost(t *testing.T, store *backend.Store, setup string) {
+	t.Helper()
+	lost, acked := wl.lost(t, store)
+	t.Logf("%s: %d of %d acknowledged writes lost; %d writes refused and retried, %d errors",
+		setup, lost, acked, wl.refused.Load(), wl.errors.Load())
+	if lost != 0 {
+		t.Errorf("%s lost %d of %d acknowledged writes", setup, lost, acked)
+	}
+	if want := wl.clients * wl.perClient; acked != want {
+		t.Errorf("only %d of %d writes were acknowledged before the deadline", acked, want)
+	}
+	if wl.refused.Load() == 0 {
+		t.Errorf("no write was ever refused: the workload did not contend")
+	}
+	if n := store.Overlaps(); n != 0 {
+		t.Errorf("%d writes to one resource overlapped at the backend", n)
+	}
+}
+
+// racePair sends two PUTs naming the same version at the same moment, one
+// to each path, and returns their statuses.
+func racePair(client *http.Client, paths [2]string, tag string, body func(writer int) string) (int, int) {
+	statuses := make(chan int, 2)
+	start := make(chan struct{})
+	for i, path := range paths {
+		go func() {
+			<-start
+			statuses <- putIfMatch(client, caddyBase+path, body(i), tag)
+		}()
+	}
+	close(start)
+	return <-statuses, <-statuses
 }
 
 // lost returns the acknowledged lines that are missing from the final
@@ -141,21 +183,7 @@ func TestNoLostUpdates(t *testing.T) {
 
 	withGuard := newLoad(caddyBase)
 	withGuard.run(t)
-	lostGuarded, ackedGuarded := withGuard.lost(t, guarded)
-	t.Logf("through write_guard: %d of %d acknowledged writes lost; %d writes refused and retried, %d errors",
-		lostGuarded, ackedGuarded, withGuard.refused.Load(), withGuard.errors.Load())
-	if lostGuarded != 0 {
-		t.Errorf("write_guard lost %d of %d acknowledged writes", lostGuarded, ackedGuarded)
-	}
-	if want := withGuard.clients * withGuard.perClient; ackedGuarded != want {
-		t.Errorf("only %d of %d writes were acknowledged before the deadline", ackedGuarded, want)
-	}
-	if withGuard.refused.Load() == 0 {
-		t.Errorf("no write was ever refused: the workload did not contend")
-	}
-	if n := guarded.Overlaps(); n != 0 {
-		t.Errorf("%d writes to one resource overlapped at the backend", n)
-	}
+	withGuard.requireNoneLost(t, guarded, "through write_guard")
 }
 
 // TestSameIfMatchOnlyOneWins sends pairs of writes naming the same version at
@@ -171,24 +199,7 @@ func TestSameIfMatchOnlyOneWins(t *testing.T) {
 	for round := range 5 {
 		tag := do(t, client, "GET", "/race", "").header.Get("ETag")
 		before := store.Writes()
-		statuses := make(chan int, 2)
-		start := make(chan struct{})
-		for i := range 2 {
-			go func() {
-				<-start
-				req, _ := http.NewRequest(http.MethodPut, caddyBase+"/race", strings.NewReader(fmt.Sprintf("round %d writer %d", round, i)))
-				req.Header.Set("If-Match", tag)
-				resp, err := client.Do(req)
-				if err != nil {
-					statuses <- 0
-					return
-				}
-				resp.Body.Close()
-				statuses <- resp.StatusCode
-			}()
-		}
-		close(start)
-		a, b := <-statuses, <-statuses
+		a, b := racePair(client, [2]string{"/race", "/race"}, tag, func(i int) string { return fmt.Sprintf("round %d writer %d", round, i) })
 		if !(a == 200 && b == 412 || a == 412 && b == 200) {
 			t.Fatalf("round %d: statuses %d and %d, want one 200 and one 412", round, a, b)
 		}

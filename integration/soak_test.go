@@ -165,15 +165,7 @@ func soakEdit(client *http.Client, res, line string) int {
 	if resp.StatusCode != http.StatusOK {
 		return resp.StatusCode
 	}
-	req, _ := http.NewRequest(http.MethodPut, caddyBase+res, strings.NewReader(string(body)+line+"\n"))
-	req.Header.Set("If-Match", resp.Header.Get("ETag"))
-	resp, err = client.Do(req)
-	if err != nil {
-		return 0
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return resp.StatusCode
+	return putIfMatch(client, caddyBase+res, string(body)+line+"\n", resp.Header.Get("ETag"))
 }
 
 func settledHeap() uint64 {
