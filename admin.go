@@ -127,7 +127,7 @@ func (adminAPI) handleResource(w http.ResponseWriter, r *http.Request) error {
 		states := []resourceState{}
 		for _, c := range caches {
 			s := resourceState{ETags: c.etags, TTL: c.Config().TTL.String()}
-			if v, ok := c.Get(key); ok {
+			if v, ok := c.Peek(key); ok {
 				s.Known, s.Exists, s.ETag = true, v.Exists, v.ETag
 				if !v.LastModified.IsZero() {
 					lm := v.LastModified.UTC()

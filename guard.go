@@ -180,9 +180,9 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			held:                  held,
 			timer:                 timer,
 		}
-		err = next.ServeHTTP(tw, r)
+		err = tw.serveNext(next, r)
 		if tw.holding {
-			return tw.complete(err, ctx)
+			return tw.complete(err, ctx, r)
 		}
 	} else {
 		err = next.ServeHTTP(&outcomeWriter{

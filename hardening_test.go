@@ -269,3 +269,22 @@ func TestMethodOverride(t *testing.T) {
 		})
 	}
 }
+
+// A version check is a read: it must not carry a _method parameter that a
+// backend would apply.
+func TestProbeDropsMethodParameter(t *testing.T) {
+	store := newHashStore(backend.StrongETags, map[string]string{"/doc": "v1"})
+	var probed []string
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method == http.MethodHead {
+			probed = append(probed, r.URL.RawQuery)
+		}
+		store.ServeHTTP(w, r)
+		return nil
+	})
+	h := newTestHandler(t, &Handler{Key: "{http.request.host}{http.request.uri}"})
+	serve(t, h, next, "POST", "/doc?id=1&_method=DELETE&x=2", "", `If-Match: "old"`)
+	if len(probed) != 1 || probed[0] != "id=1&x=2" {
+		t.Errorf("version checks sent with queries %q, want [id=1&x=2]", probed)
+	}
+}

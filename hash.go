@@ -2,6 +2,7 @@ package writeguard
 
 import (
 	"crypto/sha256"
+	"errors"
 	"encoding/base64"
 	"hash"
 	"io"
@@ -135,12 +136,12 @@ func (b *bodyHash) etag() string {
 // which is also what the cache learns. The client's If-None-Match and
 // If-Match name the guard's tags, so the guard evaluates them instead of
 // the upstream.
-func (h *Handler) serveHashedRead(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (h *Handler) serveHashedRead(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, method string) error {
 	hw := &hashingWriter{
 		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		h:                     h,
 		r:                     r,
-		head:                  r.Method == http.MethodHead,
+		head:                  method == http.MethodHead,
 		learn:                 h.learnsFrom(r),
 	}
 	if hw.learn {
@@ -160,8 +161,46 @@ func (h *Handler) serveHashedRead(w http.ResponseWriter, r *http.Request, next c
 			}
 		}
 	}
-	err := next.ServeHTTP(hw, withoutValidators(r))
+	// A panic (reverse_proxy's abort when the upstream's body breaks off)
+	// must leave no flush timer to write on a response that is gone.
+	defer hw.abandon()
+	err := hw.serveNext(next, withoutValidators(r))
 	return hw.finish(err)
+}
+
+// errAnswerAborted reports an upstream answer that broke off while it was
+// held, before anything reached the client.
+var errAnswerAborted = errors.New("the upstream's answer broke off")
+
+// serveNext runs the next handler. When reverse_proxy aborts a response
+// that is still held, nothing has been sent, and the client can still be
+// answered with an error instead of a dropped connection.
+func (hw *hashingWriter) serveNext(next caddyhttp.Handler, r *http.Request) (err error) {
+	defer func() {
+		if rec := recover(); rec != nil {
+			hw.mu.Lock()
+			held := hw.state == holding
+			hw.mu.Unlock()
+			if rec != http.ErrAbortHandler || !held {
+				panic(rec)
+			}
+			err = caddyhttp.Error(http.StatusBadGateway, errAnswerAborted)
+		}
+	}()
+	return next.ServeHTTP(hw, r)
+}
+
+// abandon stops what a response that did not finish left running.
+func (hw *hashingWriter) abandon() {
+	hw.mu.Lock()
+	defer hw.mu.Unlock()
+	if hw.flushTimer != nil {
+		hw.flushTimer.Stop()
+	}
+	if hw.state != finished {
+		hw.state = finished
+		hw.recycle()
+	}
 }
 
 func parsedList(hdr http.Header, field string) *precondition.List {

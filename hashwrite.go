@@ -43,15 +43,17 @@ func (tw *taggingWriter) WriteHeader(status int) {
 		tw.ResponseWriterWrapper.WriteHeader(status)
 		return
 	}
-	tw.stopTimer()
 	hdr := tw.Header()
 	hdr.Del("Etag")
 	if tw.tagsAnswer(status, hdr) {
+		// write_timeout goes on until the answer has been read: an
+		// upstream that stalls in its body must not hold the lock longer.
 		tw.holding = true
 		tw.status = status
 		tw.body = getHeld(contentLength(hdr))
 		return
 	}
+	tw.stopTimer()
 	// Failed, a DELETE (recorded as absent), or an answer about another
 	// resource (a POST's 201 with the Location of what it created): the
 	// version is recorded or forgotten without asking.
@@ -99,6 +101,7 @@ func (tw *taggingWriter) Write(p []byte) (int, error) {
 
 // release sends a held answer without a tag and gives the lock up.
 func (tw *taggingWriter) release() error {
+	tw.stopTimer()
 	tw.holding = false
 	tw.held.finish(0, "", "")
 	tw.ResponseWriterWrapper.WriteHeader(tw.status)
@@ -130,23 +133,38 @@ func (tw *taggingWriter) FlushError() error {
 	return http.NewResponseController(tw.ResponseWriterWrapper.ResponseWriter).Flush()
 }
 
+// serveNext runs the next handler; reverse_proxy's abort of an answer that
+// is still held becomes an error, since nothing has reached the client.
+func (tw *taggingWriter) serveNext(next caddyhttp.Handler, r *http.Request) (err error) {
+	defer func() {
+		if rec := recover(); rec != nil {
+			if rec != http.ErrAbortHandler || !tw.holding {
+				panic(rec)
+			}
+			err = caddyhttp.Error(http.StatusBadGateway, errAnswerAborted)
+		}
+	}()
+	return next.ServeHTTP(tw, r)
+}
+
 // complete ends a held answer once reverse_proxy has returned: it asks for
 // the new version, records it, releases the lock and sends the answer with
 // the new tag. clientCtx is the request's context without write_timeout,
 // which no longer applies to the write.
-func (tw *taggingWriter) complete(err error, clientCtx context.Context) error {
+func (tw *taggingWriter) complete(err error, clientCtx context.Context, lockedReq *http.Request) error {
+	tw.stopTimer()
 	tw.holding = false
 	defer tw.body.release()
 	hw := tw.held
 	if err != nil {
-		// The upstream answered, then failed: the write was probably
-		// applied, and nothing has been sent yet.
+		// The upstream answered, then failed or stalled past write_timeout:
+		// the write was probably applied, and nothing has been sent yet.
 		hw.finish(0, "", "")
 		hdr := tw.Header()
 		for _, f := range representationFields {
 			hdr.Del(f)
 		}
-		return hw.h.upstreamFailed(tw.ResponseWriterWrapper.ResponseWriter, hw.r, clientCtx, err)
+		return hw.h.upstreamFailed(tw.ResponseWriterWrapper.ResponseWriter, lockedReq, clientCtx, err)
 	}
 	ctx, cancel := context.WithTimeout(clientCtx, time.Duration(hw.h.WriteTimeout))
 	_, v, known, perr := hw.h.probeVersion(hw.r.WithContext(ctx), hw.next)

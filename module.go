@@ -404,9 +404,11 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP guards writes and learns versions from reads.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	method := r.Method
+	// Methods are case-sensitive, but many backends upper-case them
+	// (Django, Flask, PHP frameworks): "put" is a PUT to them.
+	method := upperMethod(r.Method)
 	if len(h.overrideFields) > 0 {
-		m, err := h.overriddenMethod(r)
+		m, err := h.overriddenMethod(r, method)
 		if err != nil {
 			h.logRejection(r, "bad_request", err.field)
 			return h.refuse(w, r, problem{
@@ -424,7 +426,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.serveWrite(w, r, next, method)
 	case method == http.MethodGet || method == http.MethodHead:
 		if h.hashTags {
-			return h.serveHashedRead(w, r, next)
+			return h.serveHashedRead(w, r, next, method)
 		}
 		return h.serveRead(w, r, next)
 	case method == http.MethodOptions || method == http.MethodTrace:

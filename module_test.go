@@ -294,7 +294,7 @@ func TestResourceKey(t *testing.T) {
 		"http://Example.COM/a/b":         "example.com/a/b",
 		"http://example.com:80/a":        "example.com/a",
 		"https://example.com:443/a":      "example.com/a",
-		"http://example.com:8080/a":      "example.com:8080/a",
+		"http://example.com:8080/a":      "example.com/a",
 		"http://example.com./a":          "example.com/a",
 		"http://example.com/a?x=1":       "example.com/a",
 		"http://[::1]:443/a":             "[::1]/a",
@@ -302,8 +302,8 @@ func TestResourceKey(t *testing.T) {
 		"http://example.com//a///b":      "example.com/a/b",
 		"http://example.com/./a/../a/b/": "example.com/a/b",
 		"http://example.com/%61/%7e%2d":  "example.com/a/~-",
-		"http://example.com/a%2fb":       "example.com/a%2Fb",
-		"http://example.com/a%2Fb/..":    "example.com/",
+		"http://example.com/a%2fb":       "example.com/a/b",
+		"http://example.com/a%2Fb/..":    "example.com/a",
 		"http://example.com":             "example.com/",
 	} {
 		r := httptest.NewRequest("GET", target, nil)

@@ -148,11 +148,13 @@ func (h *Handler) probe(r *http.Request, method string, next caddyhttp.Handler) 
 	}
 	// The check is a read: a method override field would make a backend
 	// that honours it perform the write before its precondition is known.
-	for _, f := range defaultMethodOverride {
-		pr.Header.Del(f)
+	for name := range pr.Header {
+		if h.isOverrideField(name) || isDefaultOverrideField(name) {
+			delete(pr.Header, name)
+		}
 	}
-	for _, f := range h.overrideFields {
-		pr.Header.Del(f)
+	if pr.URL.RawQuery != "" {
+		pr.URL.RawQuery = withoutMethodParams(pr.URL.RawQuery)
 	}
 	// A cache between Caddy and the origin must not answer for the origin.
 	pr.Header.Set("Cache-Control", "no-cache")

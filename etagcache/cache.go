@@ -267,6 +267,17 @@ func (c *Cache) Get(key string) (Version, bool) {
 	return e.v, true
 }
 
+// Peek is Get without counting: for looking at the cache from outside (an
+// admin endpoint) without moving the hit and miss counters operators
+// watch.
+func (c *Cache) Peek(key string) (Version, bool) {
+	e, ok := c.lookup(key)
+	if !ok || !e.valid() {
+		return Version{}, false
+	}
+	return e.v, true
+}
+
 // lookup reads ristretto unless the cache is closed. The check takes no lock,
 // to keep lookups free of shared writes; Close gives a lookup that passed it
 // just before ample time to finish before ristretto is shut down.

@@ -532,3 +532,22 @@ func TestRecordRightAfterLearn(t *testing.T) {
 		}
 	}
 }
+
+func TestPeekDoesNotCount(t *testing.T) {
+	c := newCache(t, Config{MaxEntries: 100})
+	c.Record("k", Version{Exists: true, ETag: `"a"`})
+	c.Wait()
+	if v, ok := c.Peek("k"); !ok || v.ETag != `"a"` {
+		t.Fatalf("Peek = %+v, %v", v, ok)
+	}
+	if _, ok := c.Peek("absent"); ok {
+		t.Fatal("Peek found an absent key")
+	}
+	if s := c.Stats(); s.Hits != 0 || s.Misses != 0 {
+		t.Errorf("Peek counted: %+v", s)
+	}
+	c.Forget("k")
+	if _, ok := c.Peek("k"); ok {
+		t.Error("Peek returned a forgotten version")
+	}
+}

@@ -197,10 +197,10 @@ func TestPlaceholdersInAccessLog(t *testing.T) {
 		t.Fatalf("access log has %d PUT entries", len(entries))
 	}
 	allowed, stale := entries[0], entries[1]
-	if allowed.Status != 200 || allowed.Outcome != "allowed" || allowed.Key != "localhost:9080/doc" || allowed.ETag != tag || allowed.LockWait == nil {
+	if allowed.Status != 200 || allowed.Outcome != "allowed" || allowed.Key != "localhost/doc" || allowed.ETag != tag || allowed.LockWait == nil {
 		t.Errorf("allowed write logged as %+v", allowed)
 	}
-	if stale.Request.URI != "/doc" || stale.Status != 412 || stale.Outcome != "stale" || stale.Key != "localhost:9080/doc" || stale.ETag == "" || stale.ETag == tag {
+	if stale.Request.URI != "/doc" || stale.Status != 412 || stale.Outcome != "stale" || stale.Key != "localhost/doc" || stale.ETag == "" || stale.ETag == tag {
 		t.Errorf("stale write logged as %+v", stale)
 	}
 }
@@ -234,7 +234,7 @@ func TestAdminResource(t *testing.T) {
 		} `json:"caches"`
 	}
 	lookup := func() state {
-		resp, err := http.Get("http://localhost:2999/write_guard/resource?key=localhost:9080/doc")
+		resp, err := http.Get("http://localhost:2999/write_guard/resource?key=localhost/doc")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -256,7 +256,7 @@ func TestAdminResource(t *testing.T) {
 		t.Fatalf("lookup after the write: %+v, want the version %s", s, newTag)
 	}
 
-	req, _ := http.NewRequest(http.MethodDelete, "http://localhost:2999/write_guard/resource?key=localhost:9080/doc", nil)
+	req, _ := http.NewRequest(http.MethodDelete, "http://localhost:2999/write_guard/resource?key=localhost/doc", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

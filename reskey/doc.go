@@ -16,9 +16,13 @@
 //   - Percent-encoded unreserved characters (ALPHA, DIGIT, "-", ".", "_",
 //     "~") are decoded and the remaining escapes get upper-case hex (RFC 3986
 //     section 6.2.2). Decoding comes first, so "%2E%2E" is a ".." segment.
-//   - Reserved characters keep their form: "%2F" is data inside a segment,
-//     not a separator, and the sub-delims "!$&'()*+,;=" as well as ":" and
-//     "@" stay raw or encoded as they arrived. Backends differ on them: a
+//   - An encoded slash "%2F" is a separator, as it is to every server that
+//     resolves the decoded path (nginx, PHP, Go): "/x%2F..%2Fdoc" is "/doc".
+//     Servers that keep it apart (Apache, Tomcat) refuse it by default, and
+//     a merge costs them only a shared lock.
+//   - Other reserved characters keep their form: the sub-delims
+//     "!$&'()*+,;=" as well as ":" and "@" stay raw or encoded as they
+//     arrived. Backends differ on them: a
 //     servlet container takes a raw ";" as the start of path parameters and
 //     strips them, while "%3B" is part of the name. For the same reason path
 //     parameters stay part of their segment, so "..;" is not a dot-segment.

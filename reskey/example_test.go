@@ -19,7 +19,7 @@ func Example() {
 	// example.com/docs/a
 	// example.com/docs/a
 	// example.com/docs/a
-	// /docs%2Fa
+	// /docs/a
 	// id=2&id=1
 }
 

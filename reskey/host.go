@@ -67,3 +67,13 @@ func writeLower(b *strings.Builder, s string) {
 		b.WriteByte(lowerASCII(s[i]))
 	}
 }
+
+// HostName is Host without any port. A site's host matcher ignores the
+// port of the Host field, and so do backends: the port a client writes
+// there is its own choice and names no other resource.
+func HostName(host string) string {
+	if name, _, hasPort := splitHostPort(host); hasPort {
+		host = name
+	}
+	return Host(host)
+}

@@ -50,3 +50,20 @@ func TestHostCanonicalDoesNotAllocate(t *testing.T) {
 		}
 	}
 }
+
+func TestHostName(t *testing.T) {
+	for in, want := range map[string]string{
+		"example.com":      "example.com",
+		"Example.COM:8443": "example.com",
+		"example.com.:80":  "example.com",
+		"[::1]:8080":       "[::1]",
+		"[::1]":            "[::1]",
+		"127.0.0.1:9080":   "127.0.0.1",
+		"fe80::1":          "fe80::1",
+		"example.com:":     "example.com",
+	} {
+		if got := HostName(in); got != want {
+			t.Errorf("HostName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -41,6 +41,7 @@ func Path(escapedPath string, o Options) string {
 	if canonicalPath(escapedPath, o) {
 		return escapedPath
 	}
+	escapedPath = decodeSlashes(escapedPath)
 	// Keys are short: in the common case the buffer stays on the stack and
 	// the string conversion is the only allocation.
 	var buf [128]byte
@@ -104,7 +105,7 @@ func canonicalPath(p string, o Options) bool {
 			if i+2 >= len(p) || !isUpperHex(p[i+1]) || !isUpperHex(p[i+2]) {
 				return false
 			}
-			if b, _ := escapeAt(p, i); chars[b]&unreserved != 0 {
+			if b, _ := escapeAt(p, i); chars[b]&unreserved != 0 || b == '/' {
 				return false
 			}
 			i += 2
@@ -113,6 +114,27 @@ func canonicalPath(p string, o Options) bool {
 		}
 	}
 	return p[seg:] != "." && p[seg:] != ".."
+}
+
+// decodeSlashes turns encoded slashes into separators. Most servers resolve
+// the decoded path (nginx, PHP, Go's ServeMux and every handler that reads
+// Go's URL.Path), so to them "/a%2Fb" is "/a/b" and "/x%2F..%2Fdoc" climbs
+// to "/doc". Those that keep them apart (Apache, Tomcat) refuse encoded
+// slashes by default; merging costs them only a shared lock.
+func decodeSlashes(p string) string {
+	if !strings.Contains(p, "%2F") && !strings.Contains(p, "%2f") {
+		return p
+	}
+	out := make([]byte, 0, len(p))
+	for i := 0; i < len(p); i++ {
+		if p[i] == '%' && i+2 < len(p) && p[i+1] == '2' && (p[i+2] == 'F' || p[i+2] == 'f') {
+			out = append(out, '/')
+			i += 2
+			continue
+		}
+		out = append(out, p[i])
+	}
+	return string(out)
 }
 
 func dotOrEmpty(seg string) bool {

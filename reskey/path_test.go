@@ -13,7 +13,7 @@ func TestPath(t *testing.T) {
 		// Already canonical.
 		{"/", "/"},
 		{"/api/items/42", "/api/items/42"},
-		{"/a%2Fb", "/a%2Fb"},
+		{"/a%2Fb", "/a/b"},
 		{"/caf%C3%A9", "/caf%C3%A9"},
 		{"/a;v=1/b", "/a;v=1/b"},
 		{"/~user/a.b-c_d", "/~user/a.b-c_d"},
@@ -47,7 +47,7 @@ func TestPath(t *testing.T) {
 		{"/a/./b", "/a/b"},
 		{"/a/../../b", "/b"},
 		{"/a/..;/b", "/a/..;/b"},
-		{"/a/.%2Fb", "/a/.%2Fb"},
+		{"/a/.%2Fb", "/a/b"},
 
 		// Unreserved escapes are decoded before dot-segments go.
 		{"/%2e%2E", "/"},
@@ -58,11 +58,11 @@ func TestPath(t *testing.T) {
 		{"/%7e", "/~"},
 		{"/%7Euser", "/~user"},
 		{"/%41%5a%61%7A%30%39%2D%2E%5F%7E", "/AZaz09-._~"},
-		{"/%2F", "/%2F"},
+		{"/%2F", "/"},
 
 		// Escape case.
 		{"/%c3%a9", "/%C3%A9"},
-		{"/a%2fb", "/a%2Fb"},
+		{"/a%2fb", "/a/b"},
 		{"/%3b", "/%3B"},
 		{"/%00", "/%00"},
 
@@ -125,7 +125,7 @@ func TestPathKeepTrailingSlash(t *testing.T) {
 		{"/a/..", "/"},
 		{"/..", "/"},
 		{"/a/./b/../c/", "/a/c/"},
-		{"/a/%2F", "/a/%2F"},
+		{"/a/%2F", "/a/"},
 	} {
 		if got := Path(tc.in, o); got != tc.want {
 			t.Errorf("Path(%q, keep trailing slash) = %q, want %q", tc.in, got, tc.want)
@@ -141,7 +141,7 @@ func TestPathCaseInsensitive(t *testing.T) {
 		{"/api/items", "/api/items"},
 		{"/API/Items/", "/api/items"},
 		{"/%41%42c", "/abc"},
-		{"/a%2fB", "/a%2Fb"},
+		{"/a%2fB", "/a/b"},
 		{"/%c3%a9", "/%C3%A9"},
 		{"/É", "/%C3%89"},
 		{"/A B", "/a%20b"},
@@ -156,7 +156,7 @@ func TestPathCaseInsensitive(t *testing.T) {
 func TestPathMerges(t *testing.T) {
 	same := [][]string{
 		{"/doc", "//doc", "/./doc", "/x/../doc", "/%64oc", "/doc/", "doc", "/../doc"},
-		{"/a%2Fb", "/a%2fb", "//a%2Fb/"},
+		{"/a/b", "/a%2Fb", "/a%2fb", "//a%2Fb/", "/x%2F..%2Fa/b"},
 		{"/caf%C3%A9", "/caf%c3%a9", "/café"},
 		{"/a%20b", "/a b"},
 	}
@@ -168,7 +168,6 @@ func TestPathMerges(t *testing.T) {
 		}
 	}
 	for _, pair := range [][2]string{
-		{"/a/b", "/a%2Fb"},
 		{"/a;b", "/a%3Bb"},
 		{"/a+b", "/a%2Bb"},
 		{"/a+b", "/a%20b"},
@@ -254,7 +253,7 @@ var pathSeeds = []string{
 
 // A canonical path is returned as is, without allocating.
 func TestPathCanonicalDoesNotAllocate(t *testing.T) {
-	for _, in := range []string{"/", "/api/items/42", "/a%2Fb;v=1/%C3%A9"} {
+	for _, in := range []string{"/", "/api/items/42", "/a%3Bb;v=1/%C3%A9"} {
 		if got := Path(in, Options{}); got != in {
 			t.Fatalf("Path(%q) = %q", in, got)
 		}
