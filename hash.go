@@ -2,8 +2,8 @@ package writeguard
 
 import (
 	"crypto/sha256"
-	"errors"
 	"encoding/base64"
+	"errors"
 	"hash"
 	"io"
 	"net/http"
