@@ -72,14 +72,15 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return methodNotAllowed()
 	}
-	var resp statsResponse
-	resp.Caches = []cacheStats{}
+	locks := processState().locks
+	resp := statsResponse{
+		LocksHeld: locks.Held(),
+		Waiting:   locks.Waiting(),
+		Tracked:   locks.Len(),
+		Caches:    []cacheStats{},
+	}
 	pool.Range(func(key, value any) bool {
 		switch v := value.(type) {
-		case *sharedState:
-			resp.LocksHeld = v.locks.Held()
-			resp.Waiting = v.locks.Waiting()
-			resp.Tracked = v.locks.Len()
 		case sharedCache:
 			s := v.Stats()
 			cfg := v.Config()

@@ -20,7 +20,8 @@ func (e *spoolError) Unwrap() error { return e.err }
 
 // bufferBody reads r's whole body, at most MaxBody bytes, and replaces it
 // with a copy that can be sent to the upstream at its own pace (and again,
-// through GetBody, when reverse_proxy retries). Up to MaxBodyMemory bytes
+// through GetBody, when Go's transport retries a request on a connection
+// that turned out to be dead). Up to MaxBodyMemory bytes
 // stay in memory; a larger body is spooled to a temporary file. discard,
 // never nil, removes that file: call it when the request is done.
 func (h *Handler) bufferBody(r *http.Request) (discard func(), err error) {

@@ -345,8 +345,11 @@ func (hw *hashingWriter) writeHeader(status int) {
 		switch {
 		case size > hw.h.HashMaxBody:
 			hw.learnVersion("")
-		case size > heldBodyLimit || caddyhttp.IsIncremental(hdr) || isEventStream(hdr):
+		case size > heldBodyLimit || caddyhttp.IsIncremental(hdr) || isEventStream(hdr) || hdr.Get("Trailer") != "":
 			// Known to be large, or meant to reach the client bit by bit.
+			// With trailers of its own it streams too: reverse_proxy writes
+			// them into the header map after the body, which the timer that
+			// ends a hold must then not touch.
 			hw.startStreaming()
 			return
 		default:

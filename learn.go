@@ -2,6 +2,7 @@ package writeguard
 
 import (
 	"io"
+	"strings"
 	"net/http"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -32,8 +33,15 @@ func (h *Handler) serveRead(w http.ResponseWriter, r *http.Request, next caddyht
 // query, such a response is no evidence of the keyed resource's version, and
 // neither is the outcome of a write to such a URL.
 func (h *Handler) learnsFrom(r *http.Request) bool {
-	// A bare "?" is no query.
-	return h.keyHasQuery || r.URL.RawQuery == ""
+	// A bare "?" is no query. And a path with an encoded slash shares its
+	// key with the path that has a slash there (most servers resolve the
+	// decoded path), but some servers keep the two apart: its responses
+	// teach the key nothing, and writes to it only make the key forget.
+	return (h.keyHasQuery || r.URL.RawQuery == "") && !hasEncodedSlash(r.URL.RawPath)
+}
+
+func hasEncodedSlash(rawPath string) bool {
+	return rawPath != "" && (strings.Contains(rawPath, "%2F") || strings.Contains(rawPath, "%2f"))
 }
 
 // learningWriter looks at the final response header on its way out.

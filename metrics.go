@@ -69,11 +69,11 @@ var guardMetrics = sync.OnceValue(func() *metricSet {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "writes_in_flight",
 			Help: "Guarded writes holding their resource's lock.",
-		}, func() float64 { return float64(lockGauge(func(s *sharedState) int64 { return s.locks.Held() })) }),
+		}, func() float64 { return float64(processState().locks.Held()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "writes_waiting",
 			Help: "Guarded writes waiting for their resource's lock.",
-		}, func() float64 { return float64(lockGauge(func(s *sharedState) int64 { return s.locks.Waiting() })) }),
+		}, func() float64 { return float64(processState().locks.Waiting()) }),
 	}
 	return m
 })
@@ -135,16 +135,4 @@ func cacheTotals(pick func(etagcache.Stats) uint64) uint64 {
 		return true
 	})
 	return total
-}
-
-func lockGauge(read func(*sharedState) int64) int64 {
-	var n int64
-	pool.Range(func(_, value any) bool {
-		if s, ok := value.(*sharedState); ok {
-			n = read(s)
-			return false
-		}
-		return true
-	})
-	return n
 }

@@ -284,11 +284,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("write_guard metrics: %v", err)
 	}
 
-	shared, err := attachShared()
-	if err != nil {
-		return err
-	}
-	h.poolKeys = append(h.poolKeys, sharedPoolKey)
+	shared := processState()
 	h.locks = shared.locks
 
 	cacheCfg := etagcache.Config{

@@ -2,6 +2,7 @@ package writeguard
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -14,33 +15,28 @@ import (
 // lock manager, two writes to one resource could pass at once.
 var pool = caddy.NewUsagePool()
 
-// The lock manager and the version stamps are one per process: every
-// handler in every configuration serializes on the same locks, and a write
-// recorded through any cache invalidates what the others hold for that key.
-const sharedPoolKey = "write_guard.shared"
-
+// The lock manager and the version stamps are one per process, for its
+// whole life: every handler in every configuration serializes on the same
+// locks, and a write recorded through any cache invalidates what the others
+// hold for that key. They are not in the pool: a reload to a configuration
+// without the guard and back would otherwise build a second lock manager
+// while writes of the first configuration still run past grace_period. Both
+// cost nothing while unused: lock entries live only while a write holds
+// or waits for them.
 type sharedState struct {
 	locks       *lockmgr.Manager
 	generations *etagcache.Generations
 }
 
-func (*sharedState) Destruct() error { return nil }
-
 // generationStripes sizes the process-wide version stamps (8 bytes each).
 const generationStripes = 1 << 18
 
-func attachShared() (*sharedState, error) {
-	v, _, err := pool.LoadOrNew(sharedPoolKey, func() (caddy.Destructor, error) {
-		return &sharedState{
-			locks:       lockmgr.New(),
-			generations: etagcache.NewGenerations(generationStripes),
-		}, nil
-	})
-	if err != nil {
-		return nil, err
+var processState = sync.OnceValue(func() *sharedState {
+	return &sharedState{
+		locks:       lockmgr.New(),
+		generations: etagcache.NewGenerations(generationStripes),
 	}
-	return v.(*sharedState), nil
-}
+})
 
 type sharedCache struct {
 	*etagcache.Cache
