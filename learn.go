@@ -2,8 +2,8 @@ package writeguard
 
 import (
 	"io"
-	"strings"
 	"net/http"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
