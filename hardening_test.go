@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -286,5 +287,38 @@ func TestProbeDropsMethodParameter(t *testing.T) {
 	serve(t, h, next, "POST", "/doc?id=1&_method=DELETE&x=2", "", `If-Match: "old"`)
 	if len(probed) != 1 || probed[0] != "id=1&x=2" {
 		t.Errorf("version checks sent with queries %q, want [id=1&x=2]", probed)
+	}
+}
+
+// reverse_proxy writes the request's variables and its transport reads them
+// from a dialing goroutine that can outlive the request: a version check
+// must have variables of its own, carrying what earlier handlers set.
+func TestProbeHasItsOwnVariables(t *testing.T) {
+	store := newHashStore(backend.StrongETags, map[string]string{"/doc": "v1"})
+	seen := map[string]map[string]any{}
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		vars, _ := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+		seen[r.Method] = vars
+		store.ServeHTTP(w, r)
+		return nil
+	})
+	h := newTestHandler(t, &Handler{})
+	req := httptest.NewRequest("PUT", "http://example.com/doc", strings.NewReader("v2"))
+	req.Header.Set("If-Match", store.ETagOf([]byte("v1")))
+	rec := httptest.NewRecorder()
+	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, nil)
+	caddyhttp.SetVar(req.Context(), "upstream", "primary")
+	if err := h.ServeHTTP(rec, req, next); err != nil || rec.Code != 200 {
+		t.Fatalf("PUT: %d %v", rec.Code, err)
+	}
+	probe, write := seen[http.MethodHead], seen[http.MethodPut]
+	if probe == nil || write == nil {
+		t.Fatalf("variables seen: %v", seen)
+	}
+	if reflect.ValueOf(probe).Pointer() == reflect.ValueOf(write).Pointer() {
+		t.Error("the version check shares the write's variables")
+	}
+	if probe["upstream"] != "primary" {
+		t.Errorf("the version check lost the variables set before it: %v", probe)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"fmt"
 	"net/http"
 	"time"
@@ -136,7 +137,7 @@ const probeBodyLimit = 16 << 10
 var errProbeAborted = errors.New("the upstream's answer to the version check broke off")
 
 func (h *Handler) probe(r *http.Request, method string, next caddyhttp.Handler) (resp *probeResponse, err error) {
-	pr := r.Clone(r.Context())
+	pr := r.Clone(withOwnVars(r.Context()))
 	pr.Method = method
 	pr.Body = http.NoBody
 	pr.GetBody = nil
@@ -175,6 +176,19 @@ func (h *Handler) probe(r *http.Request, method string, next caddyhttp.Handler) 
 		resp.status = http.StatusOK
 	}
 	return resp, err
+}
+
+// withOwnVars gives a probe a copy of the request's variables. Handlers
+// such as reverse_proxy write to them, and the transport reads them from
+// the goroutine that dials for a request, which can outlive the request: a
+// probe that shared the map would write to it while the write's dial (or
+// the write, a probe's) still reads it.
+func withOwnVars(ctx context.Context) context.Context {
+	vars, ok := ctx.Value(caddyhttp.VarsCtxKey).(map[string]any)
+	if !ok {
+		return ctx
+	}
+	return context.WithValue(ctx, caddyhttp.VarsCtxKey, maps.Clone(vars))
 }
 
 func (p *probeResponse) replay(w http.ResponseWriter) error {
