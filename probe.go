@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"maps"
 	"fmt"
+	"maps"
 	"net/http"
 	"time"
 
