@@ -1,0 +1,488 @@
+// Command loadbench compares Caddy with write_guard in front of a fast
+// backend against plain reverse_proxy, on loopback: throughput, latency and
+// CPU per request for GETs and conditional PUTs (wrk), alternating the two
+// setups A/B/B/A and printing medians and ratios; then 64 writers on one
+// resource, and the lost-update workload with and without the guard.
+//
+//	go run ./bench/loadbench -caddy bin/caddy
+//
+// Every phase is bounded in time; everything listens on 127.0.0.1.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "backend" {
+		serveBackend(os.Args[2:])
+		return
+	}
+	caddyBin := flag.String("caddy", "bin/caddy", "Caddy built with write_guard")
+	duration := flag.Duration("duration", 5*time.Second, "length of one wrk run")
+	reps := flag.Int("reps", 3, "A/B/B/A rounds per workload")
+	conns := flag.Int("conns", 16, "wrk connections (at most 32: Caddy keeps 32 idle upstream connections)")
+	serverCPU := flag.String("server-cpus", "0", "CPUs for Caddy and the backend (taskset list)")
+	loadCPU := flag.String("load-cpus", "1", "CPUs for wrk")
+	writers := flag.Int("writers", 64, "writers on one resource in the contention run")
+	writeDelay := flag.Duration("write-delay", 5*time.Millisecond, "how long the backend takes to apply a write to the hot resource")
+	contention := flag.Duration("contention", 10*time.Second, "length of the contention and lost-update runs")
+	flag.Parse()
+
+	for _, tool := range []string{"wrk", "taskset"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			log.Fatalf("%s is needed (Debian: apt-get install %s)", tool, map[string]string{"wrk": "wrk", "taskset": "util-linux"}[tool])
+		}
+	}
+	dir, err := os.MkdirTemp("", "loadbench-")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+
+	self, err := os.Executable()
+	if err != nil {
+		log.Fatal(err)
+	}
+	var procs []*exec.Cmd
+	defer func() {
+		for _, p := range procs {
+			p.Process.Kill()
+			p.Wait()
+		}
+	}()
+	start := func(cpus string, name string, args ...string) *exec.Cmd {
+		cmd := exec.Command("taskset", append([]string{"-c", cpus, name}, args...)...)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			log.Fatal(err)
+		}
+		procs = append(procs, cmd)
+		return cmd
+	}
+
+	const backendAddr = "127.0.0.1:18090"
+	start(*serverCPU, self, "backend", "-listen", backendAddr, "-write-delay", writeDelay.String())
+	setups := []*setup{
+		{name: "reverse_proxy", port: 18091, guard: ""},
+		{name: "write_guard", port: 18092, guard: "write_guard"},
+	}
+	for _, s := range setups {
+		cfg := filepath.Join(dir, s.name+".Caddyfile")
+		os.WriteFile(cfg, []byte(fmt.Sprintf(`{
+	admin off
+	auto_https off
+	persist_config off
+	log default {
+		level ERROR
+	}
+}
+:%d {
+	%s
+	reverse_proxy %s
+}
+`, s.port, s.guard, backendAddr)), 0o644)
+		s.cmd = start(*serverCPU, *caddyBin, "run", "--config", cfg, "--adapter", "caddyfile")
+	}
+	for _, s := range setups {
+		waitUp(s.url() + "/r/1")
+	}
+	fmt.Printf("pinning: Caddy (both setups) and the backend on CPUs %s, wrk on CPUs %s; %d connections, %v per run, %d A/B/B/A rounds\n",
+		*serverCPU, *loadCPU, *conns, *duration, *reps)
+	perf := perfWorks()
+	if perf {
+		fmt.Println("CPU cost: user-space instructions per request (perf stat -e instructions:u)")
+	} else {
+		fmt.Println("CPU cost: CPU time per request from /proc/<pid>/stat (perf's counter is not available here)")
+	}
+
+	for _, wl := range []workload{
+		{name: "GET, version known", script: getScript},
+		{name: "PUT, If-Match, cache hit", script: putScript},
+	} {
+		luaFile := filepath.Join(dir, "load.lua")
+		os.WriteFile(luaFile, []byte(wl.script), 0o644)
+		results := map[string][]result{}
+		for _, s := range setups { // warm up: connections, the guard's cache
+			runWrk(*loadCPU, 2, *conns, 2*time.Second, luaFile, s, false)
+		}
+		for range *reps {
+			for _, s := range []*setup{setups[0], setups[1], setups[1], setups[0]} {
+				results[s.name] = append(results[s.name], runWrk(*loadCPU, 2, *conns, *duration, luaFile, s, true))
+			}
+		}
+		report(wl.name, results[setups[0].name], results[setups[1].name], perf)
+	}
+
+	contend(setups[1].url(), *writers, *contention, *writeDelay)
+	lostUpdates(setups[0].url(), setups[1].url(), *contention)
+}
+
+type setup struct {
+	name  string
+	port  int
+	guard string
+	cmd   *exec.Cmd
+}
+
+func (s *setup) url() string { return "http://127.0.0.1:" + strconv.Itoa(s.port) }
+
+type workload struct{ name, script string }
+
+// 10,000 resources, each with a version that never changes: a PUT always
+// names the current one.
+const getScript = `
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/r/" .. (n % 10000))
+end
+`
+
+const putScript = `
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("PUT", "/r/" .. (n % 10000), {["If-Match"] = '"v1"', ["Content-Type"] = "text/plain"}, "v1")
+end
+`
+
+type result struct {
+	rps       float64
+	p99       time.Duration
+	perReq    float64 // instructions or CPU seconds per request
+	non2xx    int
+	requests  int
+	errorsOut string
+}
+
+var (
+	rpsRe      = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	p99Re      = regexp.MustCompile(`\s99%\s+([0-9.]+)(us|ms|s)`)
+	requestsRe = regexp.MustCompile(`(\d+) requests in`)
+	non2xxRe   = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
+)
+
+func runWrk(cpus string, threads, conns int, d time.Duration, script string, s *setup, measure bool) result {
+	args := []string{"-c", cpus, "wrk", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns), "-d", d.String(), "--latency", "-s", script, s.url()}
+	cmd := exec.Command("taskset", args...)
+	var cost func() float64
+	if measure {
+		cost = startCost(s.cmd.Process.Pid, d)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		log.Fatalf("wrk: %v\n%s", err, out)
+	}
+	var r result
+	text := string(out)
+	if m := rpsRe.FindStringSubmatch(text); m != nil {
+		r.rps, _ = strconv.ParseFloat(m[1], 64)
+	}
+	if m := p99Re.FindStringSubmatch(text); m != nil {
+		v, _ := strconv.ParseFloat(m[1], 64)
+		unit := map[string]time.Duration{"us": time.Microsecond, "ms": time.Millisecond, "s": time.Second}[m[2]]
+		r.p99 = time.Duration(v * float64(unit))
+	}
+	if m := requestsRe.FindStringSubmatch(text); m != nil {
+		r.requests, _ = strconv.Atoi(m[1])
+	}
+	if m := non2xxRe.FindStringSubmatch(text); m != nil {
+		r.non2xx, _ = strconv.Atoi(m[1])
+	}
+	if cost != nil && r.requests > 0 {
+		r.perReq = cost() / float64(r.requests)
+	}
+	return r
+}
+
+// perfWorks reports whether perf can count this machine's instructions.
+func perfWorks() bool {
+	out, err := exec.Command("perf", "stat", "-x,", "-e", "instructions:u", "true").CombinedOutput()
+	return err == nil && !strings.Contains(string(out), "not supported") && !strings.Contains(string(out), "<not")
+}
+
+// startCost starts measuring the CPU a process spends during d and returns
+// a function that waits for the measurement and gives it.
+func startCost(pid int, d time.Duration) func() float64 {
+	if perfWorks() {
+		cmd := exec.Command("perf", "stat", "-x,", "-e", "instructions:u", "-p", strconv.Itoa(pid), "--", "sleep", strconv.FormatFloat(d.Seconds(), 'f', 3, 64))
+		var buf strings.Builder
+		cmd.Stderr = &buf
+		cmd.Start()
+		return func() float64 {
+			cmd.Wait()
+			for _, line := range strings.Split(buf.String(), "\n") {
+				if f := strings.Split(line, ","); len(f) > 2 && strings.HasPrefix(f[2], "instructions") {
+					v, _ := strconv.ParseFloat(f[0], 64)
+					return v
+				}
+			}
+			return 0
+		}
+	}
+	before := cpuSeconds(pid)
+	return func() float64 { return cpuSeconds(pid) - before }
+}
+
+func cpuSeconds(pid int) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	fields := strings.Fields(string(raw)[strings.LastIndexByte(string(raw), ')')+2:])
+	utime, _ := strconv.ParseFloat(fields[11], 64)
+	stime, _ := strconv.ParseFloat(fields[12], 64)
+	return (utime + stime) / 100 // USER_HZ
+}
+
+func median(xs []float64) float64 {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func report(name string, plain, guarded []result, perf bool) {
+	pick := func(rs []result, f func(result) float64) float64 {
+		var xs []float64
+		for _, r := range rs {
+			xs = append(xs, f(r))
+		}
+		return median(xs)
+	}
+	rps := func(r result) float64 { return r.rps }
+	p99 := func(r result) float64 { return float64(r.p99) / float64(time.Millisecond) }
+	cost := func(r result) float64 { return r.perReq }
+	non2xx := func(rs []result) (n int) {
+		for _, r := range rs {
+			n += r.non2xx
+		}
+		return n
+	}
+	fmt.Printf("\n%s (medians of %d runs each)\n", name, len(plain))
+	fmt.Printf("  %-22s %14s %14s %8s\n", "", "reverse_proxy", "write_guard", "ratio")
+	row := func(label string, a, b float64, format string) {
+		fmt.Printf("  %-22s %14s %14s %8.3f\n", label, fmt.Sprintf(format, a), fmt.Sprintf(format, b), b/a)
+	}
+	row("requests/s", pick(plain, rps), pick(guarded, rps), "%.0f")
+	row("p99 latency (ms)", pick(plain, p99), pick(guarded, p99), "%.2f")
+	if perf {
+		row("instructions/request", pick(plain, cost), pick(guarded, cost), "%.0f")
+	} else {
+		row("CPU µs/request", pick(plain, cost)*1e6, pick(guarded, cost)*1e6, "%.1f")
+	}
+	if n := non2xx(guarded) + non2xx(plain); n > 0 {
+		fmt.Printf("  non-2xx answers: %d reverse_proxy, %d write_guard\n", non2xx(plain), non2xx(guarded))
+	}
+}
+
+func waitUp(url string) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			return
+		}
+	}
+	log.Fatalf("%s did not come up", url)
+}
+
+// contend runs writers that each read the hot resource and write it back
+// with If-Match, retrying on 412 and 409, for d.
+func contend(base string, writers int, d, writeDelay time.Duration) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: writers}, Timeout: 60 * time.Second}
+	url := base + "/hot/contended"
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var ok, refused atomic.Int64
+	maxWait := make([]time.Duration, writers)
+	var wg sync.WaitGroup
+	for i := range writers {
+		wg.Go(func() {
+			last := time.Now()
+			for ctx.Err() == nil {
+				status := edit(client, url)
+				switch {
+				case status >= 200 && status < 300:
+					ok.Add(1)
+					if w := time.Since(last); w > maxWait[i] {
+						maxWait[i] = w
+					}
+					last = time.Now()
+				case status == http.StatusPreconditionFailed || status == http.StatusConflict:
+					refused.Add(1)
+				default:
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	worst, starved := time.Duration(0), 0
+	for _, w := range maxWait {
+		if w > worst {
+			worst = w
+		}
+		if w == 0 {
+			starved++
+		}
+	}
+	rate := float64(ok.Load()) / d.Seconds()
+	fmt.Printf("\n%d writers on one resource through write_guard, %v, upstream write takes %v\n", writers, d, writeDelay)
+	fmt.Printf("  successful writes/s %.1f, upper bound 1/(write latency) %.1f, ratio %.3f\n", rate, 1/writeDelay.Seconds(), rate*writeDelay.Seconds())
+	fmt.Printf("  refused and retried %d; longest wait of a writer between two successes %v; writers that never succeeded %d\n", refused.Load(), worst.Round(time.Millisecond), starved)
+}
+
+// edit reads the counter at url, and writes it back incremented with
+// If-Match.
+func edit(client *http.Client, url string) int {
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	n, err := strconv.Atoi(string(body))
+	if err != nil {
+		return 0
+	}
+	req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader(strconv.Itoa(n+1)))
+	req.Header.Set("If-Match", resp.Header.Get("ETag"))
+	resp, err = client.Do(req)
+	if err != nil {
+		return 0
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// lostUpdates runs the increment workload straight through reverse_proxy
+// and through write_guard: every acknowledged increment that is missing
+// from the final counter is a lost update.
+func lostUpdates(plain, guarded string, d time.Duration) {
+	fmt.Printf("\nlost-update workload: 16 clients incrementing 4 counters, %v each\n", d)
+	for _, s := range []struct{ name, base string }{{"reverse_proxy", plain}, {"write_guard", guarded}} {
+		client := &http.Client{Timeout: 60 * time.Second}
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		var acked [4]atomic.Int64
+		start := make([]int, 4)
+		for i := range start {
+			start[i] = counter(client, fmt.Sprintf("%s/hot/%s-%d", s.base, s.name, i))
+		}
+		var wg sync.WaitGroup
+		for c := range 16 {
+			wg.Go(func() {
+				for j := 0; ctx.Err() == nil; j++ {
+					i := (c + j) % 4
+					if st := edit(client, fmt.Sprintf("%s/hot/%s-%d", s.base, s.name, i)); st >= 200 && st < 300 {
+						acked[i].Add(1)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		cancel()
+		var lost, total int64
+		for i := range start {
+			final := counter(client, fmt.Sprintf("%s/hot/%s-%d", s.base, s.name, i))
+			total += acked[i].Load()
+			lost += acked[i].Load() - int64(final-start[i])
+		}
+		fmt.Printf("  %-14s %6d increments acknowledged, %6d lost\n", s.name, total, lost)
+	}
+}
+
+func counter(client *http.Client, url string) int {
+	resp, err := client.Get(url)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	n, _ := strconv.Atoi(string(body))
+	return n
+}
+
+// serveBackend is the fast backend: /r/<n> are 10,000 resources whose
+// version never changes (GET and PUT answer at once with ETag "v1"); /hot/<name>
+// are counters applied last-writer-wins after -write-delay, with a strong
+// ETag per value.
+func serveBackend(args []string) {
+	fs := flag.NewFlagSet("backend", flag.ExitOnError)
+	listen := fs.String("listen", "127.0.0.1:18090", "")
+	delay := fs.Duration("write-delay", 5*time.Millisecond, "")
+	fs.Parse(args)
+	var mu sync.Mutex
+	counters := map[string]int{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/r/", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("ETag", `"v1"`)
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Content-Length", "2")
+			if r.Method == http.MethodGet {
+				io.WriteString(w, "v1")
+			}
+		case http.MethodPut:
+			io.Copy(io.Discard, r.Body)
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.WriteHeader(http.StatusMethodNotAllowed)
+		}
+	})
+	mux.HandleFunc("/hot/", func(w http.ResponseWriter, r *http.Request) {
+		key := r.URL.Path
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			mu.Lock()
+			n := counters[key]
+			mu.Unlock()
+			w.Header().Set("ETag", fmt.Sprintf(`"%d"`, n))
+			if r.Method == http.MethodGet {
+				io.WriteString(w, strconv.Itoa(n))
+			}
+		case http.MethodPut:
+			body, _ := io.ReadAll(r.Body)
+			n, err := strconv.Atoi(string(body))
+			if err != nil {
+				http.Error(w, "not a number", http.StatusBadRequest)
+				return
+			}
+			time.Sleep(*delay)
+			mu.Lock()
+			counters[key] = n
+			mu.Unlock()
+			w.Header().Set("ETag", fmt.Sprintf(`"%d"`, n))
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.WriteHeader(http.StatusMethodNotAllowed)
+		}
+	})
+	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Fatal(err)
+	}
+}

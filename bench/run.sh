@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds the same Caddy as CI (xcaddy.json) and runs the load benchmark:
+# plain reverse_proxy against write_guard + reverse_proxy on loopback,
+# alternating A/B/B/A, then 64 writers on one resource and the lost-update
+# workload. Arguments go to bench/loadbench (see -help). Bounded: about
+# 4 × reps × duration per workload, plus the contention runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v wrk >/dev/null; then
+	if [ "$(id -u)" = 0 ]; then
+		apt-get install -y wrk >/dev/null || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
+	else
+		echo "the load benchmark needs wrk (apt-get install wrk)" >&2
+		exit 1
+	fi
+fi
+
+go -C tools run ./buildcaddy -config ../xcaddy.json -output ../bin/caddy >/dev/null
+go build -o bin/loadbench ./bench/loadbench
+exec bin/loadbench -caddy bin/caddy "$@"
