@@ -83,31 +83,6 @@ func TestUnderscoredOverrideFieldIsGuarded(t *testing.T) {
 	}
 }
 
-// serveHost is serve with the request's Host set: Caddy's host matcher
-// ignores the port, so a site answers whatever port the client names.
-func serveHost(t *testing.T, h *Handler, next caddyhttp.Handler, host, method, target, body string, headers ...string) *httptest.ResponseRecorder {
-	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req := httptest.NewRequest(method, "http://"+host+target, rd)
-	for _, hdr := range headers {
-		name, value, _ := strings.Cut(hdr, ":")
-		req.Header.Add(name, strings.TrimSpace(value))
-	}
-	w := httptest.NewRecorder()
-	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, nil)
-	if err := h.ServeHTTP(w, req, next); err != nil {
-		if he, ok := err.(caddyhttp.HandlerError); ok {
-			w.Code = he.StatusCode
-		} else {
-			t.Errorf("%s %s: %v", method, target, err)
-		}
-	}
-	return w
-}
-
 // The port in Host is the client's choice and routes nowhere else: a
 // second spelling of the host must not get a lock and a cached version of
 // its own, or a write through it leaves the first spelling's version
@@ -116,12 +91,12 @@ func TestHostPortDoesNotSplitResource(t *testing.T) {
 	store := newHashStore(backend.StrongETags, map[string]string{"/doc": "v1"})
 	h := newTestHandler(t, &Handler{})
 	next := storeHandler(store)
-	tag := serveHost(t, h, next, "example.com:8080", "GET", "/doc", "").Header().Get("Etag")
+	tag := serve(t, h, next, "GET", "/doc", "", "Host: example.com:8080").Header().Get("Etag")
 	h.cache.Wait()
-	if w := serveHost(t, h, next, "example.com:9999", "PUT", "/doc", "v2", "If-Match: "+tag); w.Code != 200 {
+	if w := serve(t, h, next, "PUT", "/doc", "v2", "If-Match: "+tag, "Host: example.com:9999"); w.Code != 200 {
 		t.Fatalf("write through the other port: %d %s", w.Code, w.Body)
 	}
-	w := serveHost(t, h, next, "example.com:8080", "PUT", "/doc", "v3", "If-Match: "+tag)
+	w := serve(t, h, next, "PUT", "/doc", "v3", "If-Match: "+tag, "Host: example.com:8080")
 	if w.Code != http.StatusPreconditionFailed {
 		t.Errorf("stale write through the first port: %d, want 412; backend holds %q (v2 lost)", w.Code, mustGet(t, store, "/doc"))
 	}

@@ -48,6 +48,10 @@ func serve(t *testing.T, h *Handler, next caddyhttp.Handler, method, target, bod
 	req := httptest.NewRequest(method, "http://example.com"+target, rd)
 	for _, hdr := range headers {
 		name, value, _ := strings.Cut(hdr, ":")
+		if name == "Host" {
+			req.Host = strings.TrimSpace(value)
+			continue
+		}
 		req.Header.Add(name, strings.TrimSpace(value))
 	}
 	w := httptest.NewRecorder()

@@ -78,6 +78,10 @@ func do(t testing.TB, client *http.Client, method, path, body string, headers ..
 	}
 	for _, h := range headers {
 		name, value, _ := strings.Cut(h, ":")
+		if name == "Host" {
+			req.Host = strings.TrimSpace(value)
+			continue
+		}
 		req.Header.Add(name, strings.TrimSpace(value))
 	}
 	resp, err := client.Do(req)
