@@ -109,6 +109,9 @@ type resourceState struct {
 	Exists       bool       `json:"exists,omitempty"`
 	ETag         string     `json:"etag,omitempty"`
 	LastModified *time.Time `json:"last_modified,omitempty"`
+	// Superseded: tags of versions that writes through the guard replaced;
+	// writes naming only these are refused without asking the upstream.
+	Superseded []string `json:"superseded,omitempty"`
 }
 
 func (adminAPI) handleResource(w http.ResponseWriter, r *http.Request) error {
@@ -129,7 +132,7 @@ func (adminAPI) handleResource(w http.ResponseWriter, r *http.Request) error {
 		for _, c := range caches {
 			s := resourceState{ETags: c.etags, TTL: c.Config().TTL.String()}
 			if v, ok := c.Peek(key); ok {
-				s.Known, s.Exists, s.ETag = true, v.Exists, v.ETag
+				s.Known, s.Exists, s.ETag, s.Superseded = true, v.Exists, v.ETag, v.Superseded
 				if !v.LastModified.IsZero() {
 					lm := v.LastModified.UTC()
 					s.LastModified = &lm

@@ -61,6 +61,10 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		})
 	}
 
+	if refused, err := h.refuseSuperseded(w, r, key, cond); refused {
+		return err
+	}
+
 	// Read the whole body before taking the lock, so that a slow client
 	// never holds up other writers of the resource.
 	discard, err := h.bufferBody(r)
@@ -144,17 +148,19 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	r = r.WithContext(lockedCtx)
 
 	if !cond.Blind() {
-		state, fromCache, refusal := h.currentState(w, r, key, next)
+		state, cached, refusal := h.currentState(w, r, key, next)
 		if refusal != nil {
 			held.release()
 			return refusal()
 		}
 		outcome := cond.Evaluate(state, h.matching)
-		if fromCache && (outcome != precondition.Pass || !state.Exists) {
-			// Refuse only what the upstream confirms: the cache may hold
-			// another representation's tag or miss a change made behind the
-			// proxy's back. And trust absence only when seen under the lock:
-			// a read may have been answered 404 for reasons of its own.
+		if cached != nil && (outcome != precondition.Pass || !state.Exists) && !cond.NamesOnly(cached.Superseded, h.matching) {
+			// Refuse only what the upstream confirms, unless the write names
+			// versions that writes through this guard replaced: the cache may
+			// hold another representation's tag or miss a change made behind
+			// the proxy's back. And trust absence only when seen under the
+			// lock: a read may have been answered 404 for reasons of its own.
+			cached = nil
 			state, refusal = h.probeState(w, r, key, next)
 			if refusal != nil {
 				held.release()
@@ -163,6 +169,10 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 			outcome = cond.Evaluate(state, h.matching)
 		}
 		setPlaceholder(r, "http.write_guard.etag", state.ETag)
+		held.replaced = state.ETag
+		if cached != nil {
+			held.older = cached.Superseded
+		}
 		if outcome != precondition.Pass {
 			held.release()
 			h.logRejection(r, "stale", outcome.Field())
@@ -198,6 +208,31 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	// applied, so the version is forgotten and the client told as much.
 	held.finish(0, "", "")
 	return h.upstreamFailed(w, r, ctx, err)
+}
+
+// refuseSuperseded refuses, without waiting for the lock, a write that names
+// only versions that writes through the guard have replaced. Under
+// contention most writes are such: writers that read the version just
+// replaced. Confirming each with the upstream under the lock would turn a
+// hot resource into a convoy of version checks.
+func (h *Handler) refuseSuperseded(w http.ResponseWriter, r *http.Request, key string, cond precondition.Conditions) (bool, error) {
+	if cond.IfMatch == nil || !h.learnsFrom(r) || h.revalidateAlways {
+		return false, nil
+	}
+	// Peek: the decision is made again under the lock, where the lookup
+	// counts as the write's hit or miss.
+	v, ok := h.cache.Peek(key)
+	if !ok || len(v.Superseded) == 0 {
+		return false, nil
+	}
+	state := stateOf(v)
+	outcome := cond.Evaluate(state, h.matching)
+	if outcome == precondition.Pass || !cond.NamesOnly(v.Superseded, h.matching) {
+		return false, nil
+	}
+	setPlaceholder(r, "http.write_guard.etag", state.ETag)
+	h.logRejection(r, "stale", outcome.Field())
+	return true, h.refuse(w, r, h.failedProblem(outcome, state))
 }
 
 // errWriteTimeout is the cause of a write's context ending at write_timeout.
@@ -262,6 +297,11 @@ type heldWrite struct {
 	// learnsFrom), so its answer tells that resource's new version.
 	recordable bool
 	done       bool
+	// replaced is the tag of the version the write was checked against,
+	// older the tags that version had superseded: once the write succeeds,
+	// a write naming any of them is certainly stale.
+	replaced string
+	older    []string
 	// r (with the client's context, not the write's) and next let a guard
 	// with `etags hash` ask for the new version.
 	r    *http.Request
@@ -276,7 +316,7 @@ func (hw *heldWrite) finish(status int, etag, lastModified string) {
 	}
 	hw.done = true
 	if hw.locked && hw.recordable {
-		hw.h.record(hw.key, hw.method, status, etag, lastModified)
+		hw.h.record(hw, status, etag, lastModified)
 	} else {
 		hw.h.cache.Forget(hw.key)
 	}
@@ -330,16 +370,18 @@ func (h *Handler) lock(ctx context.Context, key string) error {
 // currentState returns the resource's current version: from the cache, or
 // from the upstream when the cache does not know it. A non-nil refusal means
 // the version could not be established and the write must not go on.
-func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (state precondition.State, fromCache bool, refusal func() error) {
+//
+// cached is the cache's version when the state came from the cache.
+func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (state precondition.State, cached *etagcache.Version, refusal func() error) {
 	// The cache knows the keyed resource, which need not be what a URL
 	// with a query selects.
 	if h.learnsFrom(r) && !h.revalidateAlways {
 		if v, ok := h.cache.Get(key); ok {
-			return stateOf(v), true, nil
+			return stateOf(v), &v, nil
 		}
 	}
 	state, refusal = h.probeState(w, r, key, next)
-	return state, false, refusal
+	return state, nil, refusal
 }
 
 func stateOf(v etagcache.Version) precondition.State {
@@ -348,21 +390,23 @@ func stateOf(v etagcache.Version) precondition.State {
 
 // record stores what the write's response says about the new version, or
 // forgets the resource's version when the response does not say.
-func (h *Handler) record(key, method string, status int, etag, lastModified string) {
+func (h *Handler) record(hw *heldWrite, status int, etag, lastModified string) {
 	switch {
-	case status < 200 || status >= 300:
-		h.cache.Forget(key)
-	case method == http.MethodDelete:
-		h.cache.Record(key, etagcache.Version{})
+	case status < 200 || status >= 300 || status == http.StatusAccepted:
+		// 202: accepted for later, maybe never applied (RFC 9110, 15.3.3).
+		h.cache.Forget(hw.key)
+	case hw.method == http.MethodDelete:
+		h.cache.Record(hw.key, etagcache.Version{Superseded: etagcache.Supersede(hw.replaced, hw.older, "")})
 	case etag == "" || strings.HasPrefix(etag, "W/"):
 		// RFC 9110 (9.3.4) lets a write response carry only the new
 		// representation's own strong validator. Frameworks that tag every
 		// response body (Express tags {"ok":true}) send a weak one that is
 		// no version at all: let the next write ask the upstream.
-		h.cache.Forget(key)
+		h.cache.Forget(hw.key)
 	default:
 		v, _ := versionFromResponse(status, etag, lastModified)
-		h.cache.Record(key, v)
+		v.Superseded = etagcache.Supersede(hw.replaced, hw.older, v.ETag)
+		h.cache.Record(hw.key, v)
 	}
 }
 

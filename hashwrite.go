@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/writeguard/caddy-writeguard/etagcache"
 )
 
 // taggingWriter carries a guarded write's answer with `etags hash`. The
@@ -170,13 +172,14 @@ func (tw *taggingWriter) complete(err error, clientCtx context.Context, lockedRe
 	_, v, known, perr := hw.h.probeVersion(hw.r.WithContext(ctx), hw.next)
 	cancel()
 	hw.done = true
-	if perr != nil || !known || !hw.recordable {
+	if perr != nil || !known || !hw.recordable || tw.status == http.StatusAccepted {
 		hw.h.cache.Forget(hw.key)
 	} else {
+		v.Superseded = etagcache.Supersede(hw.replaced, hw.older, v.ETag)
 		hw.h.cache.Record(hw.key, v)
 	}
 	hw.h.locks.Unlock(hw.key)
-	if perr == nil && known && v.Exists && v.ETag != "" {
+	if perr == nil && known && v.Exists && v.ETag != "" && tw.status != http.StatusAccepted {
 		tw.Header().Set("Etag", v.ETag)
 	}
 	tw.ResponseWriterWrapper.WriteHeader(tw.status)

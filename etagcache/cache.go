@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,37 @@ type Version struct {
 	Exists       bool      // false: the resource is known to be absent (404/410, or deleted)
 	ETag         string    // entity-tag exactly as the upstream sent it, e.g. `"abc"` or `W/"abc"`; "" if none
 	LastModified time.Time // zero if unknown
+	// Superseded lists entity-tags that earlier versions had and that writes
+	// through the guard replaced, newest first, at most MaxSuperseded: a
+	// write that names only these is certainly stale. Only Record keeps
+	// them; a version learned from a read has none.
+	Superseded []string
+}
+
+// MaxSuperseded bounds Version.Superseded: a writer more than a few versions
+// behind is rare, and its write is still refused, after one more look at the
+// upstream.
+const MaxSuperseded = 4
+
+// Supersede returns the Superseded list of a version tagged newTag that a
+// write made out of one tagged oldTag, whose own list was older: oldTag
+// first, without newTag (a write may leave the representation, and so a
+// content-derived tag, as it was) or duplicates, at most MaxSuperseded.
+func Supersede(oldTag string, older []string, newTag string) []string {
+	out := make([]string, 0, MaxSuperseded)
+	add := func(t string) {
+		if t != "" && t != newTag && len(out) < MaxSuperseded && !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	add(oldTag)
+	for _, t := range older {
+		add(t)
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }
 
 // same reports whether v and w describe the same state. Times compare as
@@ -292,6 +324,9 @@ func (c *Cache) store(key string, e entry) {
 	cost := int64(1)
 	if c.byBytes {
 		cost = EntryOverhead + int64(len(e.v.ETag))
+		for _, t := range e.v.Superseded {
+			cost += int64(len(t)) + 16
+		}
 	}
 	c.storing.RLock()
 	defer c.storing.RUnlock()

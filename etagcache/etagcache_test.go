@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -549,5 +550,51 @@ func TestPeekDoesNotCount(t *testing.T) {
 	c.Forget("k")
 	if _, ok := c.Peek("k"); ok {
 		t.Error("Peek returned a forgotten version")
+	}
+}
+
+func TestSupersede(t *testing.T) {
+	for _, tc := range []struct {
+		old   string
+		older []string
+		new   string
+		want  []string
+	}{
+		{`"a"`, nil, `"b"`, []string{`"a"`}},
+		{`"b"`, []string{`"a"`}, `"c"`, []string{`"b"`, `"a"`}},
+		// A write that kept the content keeps the tag current.
+		{`"a"`, nil, `"a"`, nil},
+		// Back to an earlier content: that tag is current again.
+		{`"b"`, []string{`"a"`}, `"a"`, []string{`"b"`}},
+		{`"a"`, []string{`"b"`, `"a"`}, `"c"`, []string{`"a"`, `"b"`}},
+		// No tag to remember (created, or a version known only by date).
+		{"", []string{`"a"`}, `"b"`, []string{`"a"`}},
+		{"", nil, `"b"`, nil},
+		{`"f"`, []string{`"e"`, `"d"`, `"c"`, `"b"`}, `"g"`, []string{`"f"`, `"e"`, `"d"`, `"c"`}},
+	} {
+		got := Supersede(tc.old, tc.older, tc.new)
+		if !slices.Equal(got, tc.want) || (got == nil) != (tc.want == nil) {
+			t.Errorf("Supersede(%s, %q, %s) = %q, want %q", tc.old, tc.older, tc.new, got, tc.want)
+		}
+	}
+}
+
+// Superseded tags count towards a cache bounded by bytes, and come back
+// from Get as recorded.
+func TestSupersededIsStoredAndCosted(t *testing.T) {
+	c, err := New(Config{MaxBytes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Record("plain", Version{Exists: true, ETag: `"b"`})
+	c.Record("history", Version{Exists: true, ETag: `"b"`, Superseded: []string{`"a"`, `"0"`}})
+	c.Wait()
+	v, ok := c.Get("history")
+	if !ok || !slices.Equal(v.Superseded, []string{`"a"`, `"0"`}) {
+		t.Fatalf("Get = %+v, %v", v, ok)
+	}
+	if cost := c.Stats().Cost; cost != 2*(EntryOverhead+3)+2*(3+16) {
+		t.Errorf("cost %d", cost)
 	}
 }

@@ -49,7 +49,9 @@ func startCaddy(t *testing.T, site string) *caddytest.Tester {
 	t.Cleanup(func() {
 		if t.Skipped() {
 			t.Error("Caddy could not be started for this test (is something else on localhost:2999 or :9080?)")
+			return
 		}
+		unloadSites(t)
 	})
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{TestRequestTimeout: 30 * time.Second})
 	tester.InitServer(globalOptions+":9080 {\n"+site+"\n}\n", "caddyfile")
@@ -57,6 +59,25 @@ func startCaddy(t *testing.T, site string) *caddytest.Tester {
 		t.FailNow()
 	}
 	return tester
+}
+
+// unloadSites loads a config without sites, so that the guard's caches end
+// with the test: what one test's writes taught them must not decide the
+// next test's writes (a config with the same cache settings would share
+// them, as a reload does).
+func unloadSites(t *testing.T) {
+	req, _ := http.NewRequest(http.MethodPost, "http://localhost:2999/load", strings.NewReader(globalOptions))
+	req.Header.Set("Content-Type", "text/caddyfile")
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		t.Errorf("unloading the test's config: %v", err)
+		return
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("unloading the test's config: %d %s", resp.StatusCode, body)
+	}
 }
 
 type response struct {

@@ -228,9 +228,10 @@ func TestAdminResource(t *testing.T) {
 	type state struct {
 		Key    string `json:"key"`
 		Caches []struct {
-			Known  bool   `json:"known"`
-			Exists bool   `json:"exists"`
-			ETag   string `json:"etag"`
+			Known      bool     `json:"known"`
+			Exists     bool     `json:"exists"`
+			ETag       string   `json:"etag"`
+			Superseded []string `json:"superseded"`
 		} `json:"caches"`
 	}
 	lookup := func() state {
@@ -255,6 +256,23 @@ func TestAdminResource(t *testing.T) {
 	if len(s.Caches) != 1 || !s.Caches[0].Known || !s.Caches[0].Exists || s.Caches[0].ETag != newTag {
 		t.Fatalf("lookup after the write: %+v, want the version %s", s, newTag)
 	}
+	if got := s.Caches[0].Superseded; len(got) != 1 || got[0] != tag {
+		t.Errorf("superseded %q, want the version the write replaced, %s", got, tag)
+	}
+	// A write naming the replaced version is refused without asking.
+	headsNow := func() int {
+		if n, ok := heads.Load("/doc"); ok {
+			return *(n.(*int))
+		}
+		return 0
+	}
+	before := headsNow()
+	if r := do(t, client, "PUT", "/doc", "lost", "If-Match: "+tag); r.status != http.StatusPreconditionFailed {
+		t.Fatalf("write naming the replaced version: %d", r.status)
+	}
+	if headsNow() != before {
+		t.Error("a write naming a replaced version was checked with the upstream")
+	}
 
 	req, _ := http.NewRequest(http.MethodDelete, "http://localhost:2999/write_guard/resource?key=localhost/doc", nil)
 	resp, err := http.DefaultClient.Do(req)
@@ -269,10 +287,7 @@ func TestAdminResource(t *testing.T) {
 		t.Errorf("still known after DELETE: %+v", s)
 	}
 	// Forgotten, the next write asks the upstream.
-	before := 0
-	if n, ok := heads.Load("/doc"); ok {
-		before = *(n.(*int))
-	}
+	before = headsNow()
 	if r := do(t, client, "PUT", "/doc", "v3", "If-Match: "+newTag); r.status != 200 {
 		t.Fatalf("write after forgetting: %d", r.status)
 	}

@@ -321,6 +321,28 @@ func (c Conditions) Evaluate(s State, m Matching) Outcome {
 	return Pass
 }
 
+// NamesOnly reports whether the conditions include an If-Match list (not
+// "*") whose every entity-tag matches one of tags. With tags the versions
+// that writes have replaced, such a write is certainly stale.
+func (c Conditions) NamesOnly(tags []string, m Matching) bool {
+	if c.IfMatch == nil || c.IfMatch.Any || len(c.IfMatch.Tags) == 0 || len(tags) == 0 {
+		return false
+	}
+	for _, client := range c.IfMatch.Tags {
+		found := false
+		for _, s := range tags {
+			if t, ok := ParseETag(s); ok && m.Match(client, t) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
 func anyMatch(tags []ETag, current ETag, match func(client, current ETag) bool) bool {
 	for _, t := range tags {
 		if match(t, current) {

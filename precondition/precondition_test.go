@@ -237,3 +237,38 @@ func TestMatchZeroCurrent(t *testing.T) {
 		}
 	}
 }
+
+func TestNamesOnly(t *testing.T) {
+	superseded := []string{`"a"`, `"b"`}
+	for _, tc := range []struct {
+		ifMatch string
+		m       Matching
+		want    bool
+	}{
+		{`"a"`, Lenient, true},
+		{`"a", "b"`, Lenient, true},
+		{`"a", "c"`, Lenient, false}, // "c" may be current
+		{`*`, Lenient, false},
+		{`W/"a"`, Lenient, true},
+		{`W/"a"`, Strict, false},
+		{`"a-gzip"`, Lenient, true}, // encode's suffix on a replaced tag
+		{`"a-gzip"`, Strict, false},
+		{``, Lenient, false},
+	} {
+		h := http.Header{}
+		if tc.ifMatch != "" {
+			h.Set("If-Match", tc.ifMatch)
+		}
+		c, err := Parse(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.NamesOnly(superseded, tc.m); got != tc.want {
+			t.Errorf("If-Match %s (matching %d): NamesOnly = %v, want %v", tc.ifMatch, tc.m, got, tc.want)
+		}
+	}
+	c, _ := Parse(http.Header{"If-Match": {`"a"`}})
+	if c.NamesOnly(nil, Lenient) {
+		t.Error("NamesOnly of no tags")
+	}
+}
