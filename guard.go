@@ -148,19 +148,19 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	r = r.WithContext(lockedCtx)
 
 	if !cond.Blind() {
-		state, cached, refusal := h.currentState(w, r, key, next)
+		state, cached, fromCache, refusal := h.currentState(w, r, key, next)
 		if refusal != nil {
 			held.release()
 			return refusal()
 		}
 		outcome := cond.Evaluate(state, h.matching)
-		if cached != nil && (outcome != precondition.Pass || !state.Exists) && !cond.NamesOnly(cached.Superseded, h.matching) {
+		if fromCache && (outcome != precondition.Pass || !state.Exists) && !cond.NamesOnly(cached.Superseded, h.matching) {
 			// Refuse only what the upstream confirms, unless the write names
 			// versions that writes through this guard replaced: the cache may
 			// hold another representation's tag or miss a change made behind
 			// the proxy's back. And trust absence only when seen under the
 			// lock: a read may have been answered 404 for reasons of its own.
-			cached = nil
+			fromCache = false
 			state, refusal = h.probeState(w, r, key, next)
 			if refusal != nil {
 				held.release()
@@ -170,7 +170,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		}
 		setPlaceholder(r, "http.write_guard.etag", state.ETag)
 		held.replaced = state.ETag
-		if cached != nil {
+		if fromCache {
 			held.older = cached.Superseded
 		}
 		if outcome != precondition.Pass {
@@ -362,6 +362,9 @@ func (h *Handler) failedProblem(outcome precondition.Outcome, state precondition
 
 // lock waits for the resource's lock, at most LockTimeout.
 func (h *Handler) lock(ctx context.Context, key string) error {
+	if h.locks.TryLock(key) {
+		return nil // no timer needed
+	}
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(h.LockTimeout))
 	defer cancel()
 	return h.locks.Lock(ctx, key, h.MaxWaiters)
@@ -371,17 +374,17 @@ func (h *Handler) lock(ctx context.Context, key string) error {
 // from the upstream when the cache does not know it. A non-nil refusal means
 // the version could not be established and the write must not go on.
 //
-// cached is the cache's version when the state came from the cache.
-func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (state precondition.State, cached *etagcache.Version, refusal func() error) {
+// cached is the cache's version when the state came from it (fromCache).
+func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (state precondition.State, cached etagcache.Version, fromCache bool, refusal func() error) {
 	// The cache knows the keyed resource, which need not be what a URL
 	// with a query selects.
 	if h.learnsFrom(r) && !h.revalidateAlways {
 		if v, ok := h.cache.Get(key); ok {
-			return stateOf(v), &v, nil
+			return stateOf(v), v, true, nil
 		}
 	}
 	state, refusal = h.probeState(w, r, key, next)
-	return state, nil, refusal
+	return state, etagcache.Version{}, false, refusal
 }
 
 func stateOf(v etagcache.Version) precondition.State {

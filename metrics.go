@@ -57,6 +57,16 @@ var guardMetrics = sync.OnceValue(func() *metricSet {
 			Help: "Forwarded writes that the upstream failed before answering (outcome unknown, version forgotten).",
 		}),
 	}
+	// Every outcome and result is exported from the start, at zero, so that
+	// rates over them exist before the first occurrence.
+	m.byOutcome = map[string]prometheus.Counter{}
+	for _, o := range []string{outcomeAllowed, outcomeBlind, outcomeStale, outcomeBusy, outcomeProbeFailed, outcomeBadRequest, outcomeTooLarge, outcomeUnauthorized, outcomeClientGone, outcomeNested} {
+		m.byOutcome[o] = m.requests.WithLabelValues(o)
+	}
+	m.byProbe = map[string]prometheus.Counter{}
+	for _, r := range []string{probeVersion, probeNoVersion, probeUnauthorized, probeFailed} {
+		m.byProbe[r] = m.probes.WithLabelValues(r)
+	}
 	cacheCounter := func(name, help string, pick func(etagcache.Stats) uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help},
 			func() float64 { return float64(cacheTotals(pick)) })
@@ -84,6 +94,8 @@ type metricSet struct {
 	probes           *prometheus.CounterVec
 	upstreamFailures prometheus.Counter
 	collectors       []prometheus.Collector
+
+	byOutcome, byProbe map[string]prometheus.Counter
 }
 
 // registerMetrics adds the guard's collectors to a configuration's registry.
@@ -102,9 +114,19 @@ func registerMetrics(reg prometheus.Registerer) error {
 	return nil
 }
 
-func countOutcome(outcome string) { guardMetrics().requests.WithLabelValues(outcome).Inc() }
+func countOutcome(outcome string) { count(guardMetrics().requests, guardMetrics().byOutcome, outcome) }
 
-func countProbe(result string) { guardMetrics().probes.WithLabelValues(result).Inc() }
+func countProbe(result string) { count(guardMetrics().probes, guardMetrics().byProbe, result) }
+
+// count increments vec's counter for label, found in known without the
+// allocations of a lookup by label values when it is one of them.
+func count(vec *prometheus.CounterVec, known map[string]prometheus.Counter, label string) {
+	if c, ok := known[label]; ok {
+		c.Inc()
+		return
+	}
+	vec.WithLabelValues(label).Inc()
+}
 
 func observeLockWait(d time.Duration) { guardMetrics().lockWait.Observe(d.Seconds()) }
 

@@ -8,6 +8,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/writeguard/caddy-writeguard/etagcache"
 )
 
 // upstreamStub answers like a backend that versions its resources, without
@@ -83,4 +85,33 @@ func newBenchHandler(b *testing.B, h *Handler) *Handler {
 	// Logging is not what is measured (and would interleave with results).
 	h.logger = zap.NewNop()
 	return h
+}
+
+// BenchmarkWritePathVersionCheck is a conditional PUT whose version is asked
+// of the upstream under the lock, as on a cache miss (revalidate always
+// makes every write do so).
+func BenchmarkWritePathVersionCheck(b *testing.B) {
+	reqs := benchRequests(http.MethodPut, 1024)
+	h := newBenchHandler(b, &Handler{Revalidate: "always"})
+	w := &discardWriter{h: http.Header{}}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		h.ServeHTTP(w, reqs[i%len(reqs)], upstreamStub)
+	}
+}
+
+// BenchmarkWritePathSuperseded is a PUT naming a version that a write
+// through the guard replaced: refused from the cache, before the lock.
+func BenchmarkWritePathSuperseded(b *testing.B) {
+	reqs := benchRequests(http.MethodPut, 1024)
+	h := newBenchHandler(b, &Handler{})
+	for i := range reqs {
+		h.cache.Record("example.com/items/"+strconv.Itoa(i), etagcache.Version{Exists: true, ETag: `"v2"`, Superseded: []string{`"v1"`}})
+	}
+	h.cache.Wait()
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		w := &discardWriter{h: http.Header{}}
+		h.ServeHTTP(w, reqs[i%len(reqs)], upstreamStub)
+	}
 }

@@ -34,6 +34,11 @@ const MaxSuperseded = 4
 // first, without newTag (a write may leave the representation, and so a
 // content-derived tag, as it was) or duplicates, at most MaxSuperseded.
 func Supersede(oldTag string, older []string, newTag string) []string {
+	if (oldTag == "" || oldTag == newTag) && !slices.Contains(older, newTag) {
+		// Nothing new was replaced: the list stays as it is, shared (lists
+		// are never modified).
+		return older
+	}
 	out := make([]string, 0, MaxSuperseded)
 	add := func(t string) {
 		if t != "" && t != newTag && len(out) < MaxSuperseded && !slices.Contains(out, t) {

@@ -145,6 +145,24 @@ func (m *Manager) Lock(ctx context.Context, key string, maxWaiters int) error {
 	return ctx.Err()
 }
 
+// TryLock takes key if nobody holds or waits for it, and reports whether it
+// did. It never blocks: callers try it before setting up a bounded wait,
+// which uncontended keys then never need.
+func (m *Manager) TryLock(key string) bool {
+	s := m.shard(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.m[key]
+	if e != nil {
+		return false // held, so refs > 0: an entry without refs is not in the map
+	}
+	e = entryPool.Get().(*entry)
+	e.refs = 1
+	s.m[key] = e
+	s.held.Add(1)
+	return true
+}
+
 // Unlock releases key, handing it to the longest waiter if there is one. It
 // panics if key is not held, which is a programming error, as with
 // sync.Mutex; like sync.Mutex it cannot tell which goroutine holds a key.

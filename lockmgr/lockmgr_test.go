@@ -520,3 +520,41 @@ func TestStress(t *testing.T) {
 	t.Logf("%d granted, %d refused in %v", granted.Load(), refused.Load(), time.Since(start))
 	checkEmpty(t, m)
 }
+
+func TestTryLock(t *testing.T) {
+	m := New()
+	const key = "/try"
+	if !m.TryLock(key) {
+		t.Fatal("TryLock of a free key failed")
+	}
+	if m.TryLock(key) {
+		t.Fatal("TryLock of a held key succeeded")
+	}
+	if m.Held() != 1 {
+		t.Fatalf("Held %d", m.Held())
+	}
+	// A waiter queued behind the holder goes first: TryLock never barges.
+	got := make(chan struct{})
+	go func() {
+		if err := m.Lock(context.Background(), key, 0); err != nil {
+			t.Error(err)
+		}
+		close(got)
+	}()
+	eventually(t, "the waiter to park", func() bool { return m.Waiting() == 1 })
+	m.Unlock(key)
+	<-got
+	if m.TryLock(key) {
+		t.Fatal("TryLock took a key handed to a waiter")
+	}
+	m.Unlock(key)
+	checkEmpty(t, m)
+
+	// sync.Pool drops entries at random under the race detector.
+	if n := testing.AllocsPerRun(1000, func() {
+		m.TryLock(key)
+		m.Unlock(key)
+	}); n != 0 && !raceDetector {
+		t.Errorf("TryLock+Unlock: %v allocations, want 0", n)
+	}
+}

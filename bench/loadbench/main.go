@@ -77,14 +77,16 @@ func main() {
 		return cmd
 	}
 
-	const backendAddr = "127.0.0.1:18090"
 	start(*serverCPU, self, "backend", "-listen", backendAddr, "-write-delay", writeDelay.String())
 	setups := []*setup{
 		{name: "reverse_proxy", port: 18091, guard: ""},
 		{name: "write_guard", port: 18092, guard: "write_guard"},
+		// Every write asks the upstream for the version under the lock,
+		// exactly as a write whose version the cache does not know.
+		{name: "write_guard (check)", port: 18093, guard: "write_guard {\n\t\trevalidate always\n\t}"},
 	}
 	for _, s := range setups {
-		cfg := filepath.Join(dir, s.name+".Caddyfile")
+		cfg := filepath.Join(dir, strconv.Itoa(s.port)+".Caddyfile")
 		os.WriteFile(cfg, []byte(fmt.Sprintf(`{
 	admin off
 	auto_https off
@@ -113,26 +115,30 @@ func main() {
 	}
 
 	for _, wl := range []workload{
-		{name: "GET, version known", script: getScript},
-		{name: "PUT, If-Match, cache hit", script: putScript},
+		{name: "GET, version known", script: getScript, guarded: setups[1]},
+		{name: "PUT, If-Match, cache hit", script: putScript, guarded: setups[1]},
+		{name: "PUT, If-Match, version asked of the upstream under the lock (as on a cache miss)", script: putScript, guarded: setups[2]},
 	} {
 		luaFile := filepath.Join(dir, "load.lua")
 		os.WriteFile(luaFile, []byte(wl.script), 0o644)
-		results := map[string][]result{}
-		for _, s := range setups { // warm up: connections, the guard's cache
+		plain, guarded := setups[0], wl.guarded
+		results := map[*setup][]result{}
+		for _, s := range []*setup{plain, guarded} { // warm up: connections, the guard's cache
 			runWrk(*loadCPU, 2, *conns, 2*time.Second, luaFile, s, false)
 		}
 		for range *reps {
-			for _, s := range []*setup{setups[0], setups[1], setups[1], setups[0]} {
-				results[s.name] = append(results[s.name], runWrk(*loadCPU, 2, *conns, *duration, luaFile, s, true))
+			for _, s := range []*setup{plain, guarded, guarded, plain} {
+				results[s] = append(results[s], runWrk(*loadCPU, 2, *conns, *duration, luaFile, s, true))
 			}
 		}
-		report(wl.name, results[setups[0].name], results[setups[1].name], perf)
+		report(wl.name, results[plain], results[guarded], perf)
 	}
 
 	contend(setups[1].url(), *writers, *contention, *writeDelay)
 	lostUpdates(setups[0].url(), setups[1].url(), *contention)
 }
+
+const backendAddr = "127.0.0.1:18090"
 
 type setup struct {
 	name  string
@@ -143,7 +149,10 @@ type setup struct {
 
 func (s *setup) url() string { return "http://127.0.0.1:" + strconv.Itoa(s.port) }
 
-type workload struct{ name, script string }
+type workload struct {
+	name, script string
+	guarded      *setup
+}
 
 // 10,000 resources, each with a version that never changes: a PUT always
 // names the current one.
@@ -164,6 +173,9 @@ end
 `
 
 type result struct {
+	// upstream is the number of requests the backend served per request
+	// wrk sent.
+	upstream  float64
 	rps       float64
 	p99       time.Duration
 	perReq    float64 // instructions or CPU seconds per request
@@ -186,6 +198,7 @@ func runWrk(cpus string, threads, conns int, d time.Duration, script string, s *
 	if measure {
 		cost = startCost(s.cmd.Process.Pid, d)
 	}
+	upstreamBefore := backendRequests()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		log.Fatalf("wrk: %v\n%s", err, out)
@@ -209,7 +222,22 @@ func runWrk(cpus string, threads, conns int, d time.Duration, script string, s *
 	if cost != nil && r.requests > 0 {
 		r.perReq = cost() / float64(r.requests)
 	}
+	if r.requests > 0 {
+		r.upstream = float64(backendRequests()-upstreamBefore) / float64(r.requests)
+	}
 	return r
+}
+
+// backendRequests asks the backend how many requests it has served.
+func backendRequests() int64 {
+	resp, err := http.Get("http://" + backendAddr + "/_requests")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	n, _ := strconv.ParseInt(strings.TrimSpace(string(body)), 10, 64)
+	return n - 1 // not counting this one
 }
 
 // perfWorks reports whether perf can count this machine's instructions.
@@ -275,6 +303,7 @@ func report(name string, plain, guarded []result, perf bool) {
 	rps := func(r result) float64 { return r.rps }
 	p99 := func(r result) float64 { return float64(r.p99) / float64(time.Millisecond) }
 	cost := func(r result) float64 { return r.perReq }
+	upstream := func(r result) float64 { return r.upstream }
 	non2xx := func(rs []result) (n int) {
 		for _, r := range rs {
 			n += r.non2xx
@@ -287,6 +316,7 @@ func report(name string, plain, guarded []result, perf bool) {
 		fmt.Printf("  %-22s %14s %14s %8.3f\n", label, fmt.Sprintf(format, a), fmt.Sprintf(format, b), b/a)
 	}
 	row("requests/s", pick(plain, rps), pick(guarded, rps), "%.0f")
+	row("upstream requests/req", pick(plain, upstream), pick(guarded, upstream), "%.3f")
 	row("p99 latency (ms)", pick(plain, p99), pick(guarded, p99), "%.2f")
 	if perf {
 		row("instructions/request", pick(plain, cost), pick(guarded, cost), "%.0f")
@@ -313,6 +343,7 @@ func waitUp(url string) {
 func contend(base string, writers int, d, writeDelay time.Duration) {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: writers}, Timeout: 60 * time.Second}
 	url := base + "/hot/contended"
+	first := counter(client, url)
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var ok, refused atomic.Int64
@@ -352,6 +383,7 @@ func contend(base string, writers int, d, writeDelay time.Duration) {
 	fmt.Printf("\n%d writers on one resource through write_guard, %v, upstream write takes %v\n", writers, d, writeDelay)
 	fmt.Printf("  successful writes/s %.1f, upper bound 1/(write latency) %.1f, ratio %.3f\n", rate, 1/writeDelay.Seconds(), rate*writeDelay.Seconds())
 	fmt.Printf("  refused and retried %d; longest wait of a writer between two successes %v; writers that never succeeded %d\n", refused.Load(), worst.Round(time.Millisecond), starved)
+	fmt.Printf("  acknowledged writes lost: %d of %d\n", ok.Load()-int64(counter(client, url)-first), ok.Load())
 }
 
 // edit reads the counter at url, and writes it back incremented with
@@ -436,7 +468,11 @@ func serveBackend(args []string) {
 	fs.Parse(args)
 	var mu sync.Mutex
 	counters := map[string]int{}
+	var served atomic.Int64
 	mux := http.NewServeMux()
+	mux.HandleFunc("/_requests", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, served.Load())
+	})
 	mux.HandleFunc("/r/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("ETag", `"v1"`)
 		switch r.Method {
@@ -481,7 +517,11 @@ func serveBackend(args []string) {
 			w.WriteHeader(http.StatusMethodNotAllowed)
 		}
 	})
-	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	counting := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		served.Add(1)
+		mux.ServeHTTP(w, r)
+	})
+	srv := &http.Server{Addr: *listen, Handler: counting, ReadHeaderTimeout: 10 * time.Second}
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Fatal(err)
 	}

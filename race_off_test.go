@@ -1,0 +1,5 @@
+//go:build !race
+
+package writeguard
+
+const raceDetector = false
