@@ -34,6 +34,17 @@ func (h *Handler) bufferBody(r *http.Request) (discard func(), err error) {
 	}
 	defer r.Body.Close()
 	inMemory := min(h.MaxBodyMemory, h.MaxBody)
+	if r.ContentLength >= 0 && r.ContentLength <= inMemory {
+		// The common case, read straight into a slice of the announced
+		// size: bytes.Buffer would grow it to 512 bytes at least.
+		body := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return discard, err
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		return discard, nil
+	}
 	size := r.ContentLength
 	if size < 0 || size > inMemory {
 		size = min(inMemory, 64<<10)

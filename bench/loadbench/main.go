@@ -16,11 +16,13 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -40,10 +42,14 @@ func main() {
 	conns := flag.Int("conns", 16, "wrk connections (at most 32: Caddy keeps 32 idle upstream connections)")
 	serverCPU := flag.String("server-cpus", "0", "CPUs for Caddy and the backend (taskset list)")
 	loadCPU := flag.String("load-cpus", "1", "CPUs for wrk")
-	writers := flag.Int("writers", 64, "writers on one resource in the contention run")
-	writeDelay := flag.Duration("write-delay", 5*time.Millisecond, "how long the backend takes to apply a write to the hot resource")
+	writerCounts := flag.String("writers", "1,8,64", "writer counts for the contention runs (comma-separated)")
+	writeDelays := flag.String("write-delays", "5ms,20ms", "how long the backend takes to apply a write to the contended resource (comma-separated)")
+	writeDelay := flag.Duration("write-delay", 5*time.Millisecond, "how long the backend takes to apply the lost-update workload's writes")
 	contention := flag.Duration("contention", 10*time.Second, "length of the contention and lost-update runs")
+	memLimit := flag.String("gc-memlimit", "256MiB", "run every process with GOGC=off and this GOMEMLIMIT (empty: Go's defaults)")
+	phases := flag.String("phases", "wrk,contention,lost", "what to run: wrk (the A/B/B/A runs), contention, lost (the lost-update workload)")
 	flag.Parse()
+	run := func(phase string) bool { return slices.Contains(strings.Split(*phases, ","), phase) }
 
 	for _, tool := range []string{"wrk", "taskset"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -70,6 +76,9 @@ func main() {
 	start := func(cpus string, name string, args ...string) *exec.Cmd {
 		cmd := exec.Command("taskset", append([]string{"-c", cpus, name}, args...)...)
 		cmd.Stderr = os.Stderr
+		if *memLimit != "" {
+			cmd.Env = append(os.Environ(), "GOGC=off", "GOMEMLIMIT="+*memLimit)
+		}
 		if err := cmd.Start(); err != nil {
 			log.Fatal(err)
 		}
@@ -105,8 +114,15 @@ func main() {
 	for _, s := range setups {
 		waitUp(s.url() + "/r/1")
 	}
-	fmt.Printf("pinning: Caddy (both setups) and the backend on CPUs %s, wrk on CPUs %s; %d connections, %v per run, %d A/B/B/A rounds\n",
+	fmt.Printf("pinning: Caddy (every setup) and the backend on CPUs %s, wrk on CPUs %s; %d connections, %v per run, %d A/B/B/A rounds\n",
 		*serverCPU, *loadCPU, *conns, *duration, *reps)
+	if *memLimit != "" {
+		// Go collects garbage when the heap has grown by GOGC percent of the
+		// live heap. The guard's cache makes the live heap larger, so left
+		// alone the guarded Caddy collects less often than the plain one
+		// and looks cheaper than it is.
+		fmt.Printf("garbage collection: GOGC=off GOMEMLIMIT=%s for every process, so that heap size does not decide how often each collects\n", *memLimit)
+	}
 	perf := perfWorks()
 	if perf {
 		fmt.Println("CPU cost: user-space instructions per request (perf stat -e instructions:u)")
@@ -114,28 +130,56 @@ func main() {
 		fmt.Println("CPU cost: CPU time per request from /proc/<pid>/stat (perf's counter is not available here)")
 	}
 
-	for _, wl := range []workload{
-		{name: "GET, version known", script: getScript, guarded: setups[1]},
-		{name: "PUT, If-Match, cache hit", script: putScript, guarded: setups[1]},
-		{name: "PUT, If-Match, version asked of the upstream under the lock (as on a cache miss)", script: putScript, guarded: setups[2]},
-	} {
-		luaFile := filepath.Join(dir, "load.lua")
-		os.WriteFile(luaFile, []byte(wl.script), 0o644)
-		plain, guarded := setups[0], wl.guarded
-		results := map[*setup][]result{}
-		for _, s := range []*setup{plain, guarded} { // warm up: connections, the guard's cache
-			runWrk(*loadCPU, 2, *conns, 2*time.Second, luaFile, s, false)
+	if run("wrk") {
+		for _, wl := range []workload{
+			{name: "GET, version known", script: getScript, guarded: setups[1]},
+			{name: "PUT, If-Match naming the version the previous write made (cache hit but for a resource's first write)", script: putScript, guarded: setups[1]},
+			{name: "PUT, If-Match, version asked of the upstream under the lock (as on a cache miss)", script: putScript, guarded: setups[2]},
+		} {
+			luaFile := filepath.Join(dir, "load.lua")
+			os.WriteFile(luaFile, []byte(wl.script), 0o644)
+			plain, guarded := setups[0], wl.guarded
+			results := map[*setup][]result{}
+			for _, s := range []*setup{plain, guarded} { // warm up: connections, the guard's cache
+				runWrk(*loadCPU, 2, *conns, 2*time.Second, luaFile, s, false)
+			}
+			for range *reps {
+				for _, s := range []*setup{plain, guarded, guarded, plain} {
+					results[s] = append(results[s], runWrk(*loadCPU, 2, *conns, *duration, luaFile, s, true))
+				}
+			}
+			report(wl.name, results[plain], results[guarded], perf)
 		}
-		for range *reps {
-			for _, s := range []*setup{plain, guarded, guarded, plain} {
-				results[s] = append(results[s], runWrk(*loadCPU, 2, *conns, *duration, luaFile, s, true))
+	}
+	if run("contention") {
+		fmt.Printf("\nwriters on one resource, each reading it and writing it back with If-Match, %v per run\n  (worst wait: longest time a writer went without a successful write; fewest, mean: successful writes per writer)\n", *contention)
+		fmt.Printf("  %-14s %-9s %-7s %-8s %10s %7s %7s %9s %11s %8s %8s %9s\n", "through", "write", "writers", "retry", "writes/s", "bound", "ratio", "refused", "worst wait", "fewest", "mean", "Caddy CPU")
+		for _, delay := range strings.Split(*writeDelays, ",") {
+			wd, err := time.ParseDuration(delay)
+			if err != nil {
+				log.Fatal(err)
+			}
+			for _, n := range strings.Split(*writerCounts, ",") {
+				writers, err := strconv.Atoi(n)
+				if err != nil {
+					log.Fatal(err)
+				}
+				if writers == 1 {
+					// One writer loses nothing without the guard either: what
+					// its read and write cost through plain reverse_proxy is
+					// the yardstick for the guarded runs.
+					contend(setups[0], writers, *contention, wd, false)
+				}
+				contend(setups[1], writers, *contention, wd, false)
+				if writers > 8 {
+					contend(setups[1], writers, *contention, wd, true)
+				}
 			}
 		}
-		report(wl.name, results[plain], results[guarded], perf)
 	}
-
-	contend(setups[1].url(), *writers, *contention, *writeDelay)
-	lostUpdates(setups[0].url(), setups[1].url(), *contention)
+	if run("lost") {
+		lostUpdates(setups[0].url(), setups[1].url(), *contention)
+	}
 }
 
 const backendAddr = "127.0.0.1:18090"
@@ -164,11 +208,28 @@ request = function()
 end
 `
 
+// Each wrk thread writes its own 500 resources (fresh ones in every run:
+// the run's nonce is in their path), each write naming the version the
+// previous one made: the backend's /v/ resources start at "c0" and count
+// their writes. So every write changes the version, as real writes do, and
+// one write in forty or so is a resource's first in the run, which the guard
+// has to ask the upstream about.
 const putScript = `
-local n = 0
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+local n, nonce, writes = 0, "", {}
+function init(args)
+  nonce = args[1]
+end
 request = function()
   n = n + 1
-  return wrk.format("PUT", "/r/" .. (n % 10000), {["If-Match"] = '"v1"', ["Content-Type"] = "text/plain"}, "v1")
+  local i = n % 500
+  local k = writes[i] or 0
+  writes[i] = k + 1
+  return wrk.format("PUT", "/v/" .. nonce .. "/" .. id .. "/" .. i, {["If-Match"] = '"c' .. k .. '"', ["Content-Type"] = "text/plain"}, "x")
 end
 `
 
@@ -191,8 +252,13 @@ var (
 	non2xxRe   = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
 )
 
+// runs numbers wrk runs, so that each writes resources of its own.
+var runs int
+
 func runWrk(cpus string, threads, conns int, d time.Duration, script string, s *setup, measure bool) result {
-	args := []string{"-c", cpus, "wrk", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns), "-d", d.String(), "--latency", "-s", script, s.url()}
+	runs++
+	nonce := fmt.Sprintf("%d-%d", os.Getpid(), runs)
+	args := []string{"-c", cpus, "wrk", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns), "-d", d.String(), "--latency", "-s", script, s.url(), "--", nonce}
 	cmd := exec.Command("taskset", args...)
 	var cost func() float64
 	if measure {
@@ -323,6 +389,14 @@ func report(name string, plain, guarded []result, perf bool) {
 	} else {
 		row("CPU µs/request", pick(plain, cost)*1e6, pick(guarded, cost)*1e6, "%.1f")
 	}
+	runs := func(rs []result) string {
+		var parts []string
+		for _, r := range rs {
+			parts = append(parts, strconv.FormatFloat(r.rps, 'f', 0, 64))
+		}
+		return strings.Join(parts, " ")
+	}
+	fmt.Printf("  requests/s of each run: reverse_proxy %s; write_guard %s\n", runs(plain), runs(guarded))
 	if n := non2xx(guarded) + non2xx(plain); n > 0 {
 		fmt.Printf("  non-2xx answers: %d reverse_proxy, %d write_guard\n", non2xx(plain), non2xx(guarded))
 	}
@@ -338,52 +412,63 @@ func waitUp(url string) {
 	log.Fatalf("%s did not come up", url)
 }
 
-// contend runs writers that each read the hot resource and write it back
-// with If-Match, retrying on 412 and 409, for d.
-func contend(base string, writers int, d, writeDelay time.Duration) {
+// contend runs writers that each read one resource and write it back with
+// If-Match, retrying on 412 and 409 at once or, with backoff, after a random
+// pause that doubles with each refusal in a row (up to 2 ms, ..., 32 ms), for
+// d.
+func contend(guarded *setup, writers int, d, writeDelay time.Duration, backoff bool) {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: writers}, Timeout: 60 * time.Second}
-	url := base + "/hot/contended"
+	url := fmt.Sprintf("%s/hot/%v/contended-%d-%v", guarded.url(), writeDelay, writers, backoff)
 	first := counter(client, url)
+	cpuBefore := cpuSeconds(guarded.cmd.Process.Pid)
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	var ok, refused atomic.Int64
 	maxWait := make([]time.Duration, writers)
+	wins := make([]int, writers)
 	var wg sync.WaitGroup
 	for i := range writers {
 		wg.Go(func() {
-			last := time.Now()
+			last, fails := time.Now(), 0
 			for ctx.Err() == nil {
 				status := edit(client, url)
 				switch {
 				case status >= 200 && status < 300:
 					ok.Add(1)
+					wins[i]++
 					if w := time.Since(last); w > maxWait[i] {
 						maxWait[i] = w
 					}
-					last = time.Now()
+					last, fails = time.Now(), 0
 				case status == http.StatusPreconditionFailed || status == http.StatusConflict:
 					refused.Add(1)
+					if backoff {
+						fails = min(fails+1, 5)
+						time.Sleep(time.Duration(rand.Int64N(int64(time.Millisecond) << fails)))
+					}
 				default:
 					time.Sleep(10 * time.Millisecond)
 				}
 			}
+			if w := time.Since(last); w > maxWait[i] {
+				maxWait[i] = w // the wait that the run's end cut short
+			}
 		})
 	}
 	wg.Wait()
-	worst, starved := time.Duration(0), 0
-	for _, w := range maxWait {
-		if w > worst {
-			worst = w
-		}
-		if w == 0 {
-			starved++
-		}
-	}
+	cpu := (cpuSeconds(guarded.cmd.Process.Pid) - cpuBefore) / d.Seconds()
+	worst := slices.Max(maxWait)
 	rate := float64(ok.Load()) / d.Seconds()
-	fmt.Printf("\n%d writers on one resource through write_guard, %v, upstream write takes %v\n", writers, d, writeDelay)
-	fmt.Printf("  successful writes/s %.1f, upper bound 1/(write latency) %.1f, ratio %.3f\n", rate, 1/writeDelay.Seconds(), rate*writeDelay.Seconds())
-	fmt.Printf("  refused and retried %d; longest wait of a writer between two successes %v; writers that never succeeded %d\n", refused.Load(), worst.Round(time.Millisecond), starved)
-	fmt.Printf("  acknowledged writes lost: %d of %d\n", ok.Load()-int64(counter(client, url)-first), ok.Load())
+	retry := "at once"
+	if backoff {
+		retry = "backoff"
+	}
+	fewest := slices.Min(wins)
+	fmt.Printf("  %-14s %-9v %-7d %-8s %10.1f %7.1f %7.3f %9d %11v %8d %8.1f %8.0f%%\n",
+		guarded.name, writeDelay, writers, retry, rate, 1/writeDelay.Seconds(), rate*writeDelay.Seconds(), refused.Load(), worst.Round(time.Millisecond), fewest, float64(ok.Load())/float64(writers), cpu*100)
+	if lost := ok.Load() - int64(counter(client, url)-first); lost != 0 {
+		fmt.Printf("  LOST %d of %d acknowledged writes\n", lost, ok.Load())
+	}
 }
 
 // edit reads the counter at url, and writes it back incremented with
@@ -489,8 +574,40 @@ func serveBackend(args []string) {
 			w.WriteHeader(http.StatusMethodNotAllowed)
 		}
 	})
+	versions := map[string]int{}
+	mux.HandleFunc("/v/", func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			mu.Lock()
+			n := versions[r.URL.Path]
+			mu.Unlock()
+			w.Header().Set("ETag", fmt.Sprintf(`"c%d"`, n))
+			w.Header().Set("Content-Type", "text/plain")
+			w.Header().Set("Content-Length", "1")
+			if r.Method == http.MethodGet {
+				io.WriteString(w, "x")
+			}
+		case http.MethodPut:
+			io.Copy(io.Discard, r.Body)
+			mu.Lock()
+			versions[r.URL.Path]++
+			n := versions[r.URL.Path]
+			mu.Unlock()
+			w.Header().Set("ETag", fmt.Sprintf(`"c%d"`, n))
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.WriteHeader(http.StatusMethodNotAllowed)
+		}
+	})
 	mux.HandleFunc("/hot/", func(w http.ResponseWriter, r *http.Request) {
 		key := r.URL.Path
+		writeDelay := *delay
+		// /hot/<duration>/<name> takes that long instead.
+		if first, _, found := strings.Cut(strings.TrimPrefix(key, "/hot/"), "/"); found {
+			if d, err := time.ParseDuration(first); err == nil {
+				writeDelay = d
+			}
+		}
 		switch r.Method {
 		case http.MethodGet, http.MethodHead:
 			mu.Lock()
@@ -507,7 +624,7 @@ func serveBackend(args []string) {
 				http.Error(w, "not a number", http.StatusBadRequest)
 				return
 			}
-			time.Sleep(*delay)
+			time.Sleep(writeDelay)
 			mu.Lock()
 			counters[key] = n
 			mu.Unlock()
