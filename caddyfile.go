@@ -38,6 +38,21 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		key_trailing_slash ignore|keep    # default: ignore
 //		key_case_insensitive              # default: off
 //		refusals        problem|handle_errors # default: problem
+//		store           memory|redis      # default: memory; redis takes a block:
+//		store redis [<address...>] {
+//			address        <host:port...>   # one server, Cluster nodes, or Sentinels
+//			sentinel_master <name>
+//			username       <name>
+//			password       <password>       # {env.REDIS_PASSWORD} reads the environment
+//			db             <n>
+//			tls
+//			tls_server_name <name>
+//			tls_insecure_skip_verify
+//			key_prefix     <prefix>         # default: write_guard:
+//			lock_ttl       <duration>       # default: 10s
+//			timeout        <duration>       # default: 1s
+//		}
+//		on_store_error  fail|local        # default: fail
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -217,6 +232,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				h.MethodOverride = fields
 			}
+		case "store":
+			if err := h.unmarshalStore(d); err != nil {
+				return err
+			}
+			continue // the block has been consumed
+		case "on_store_error":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			switch d.Val() {
+			case "fail":
+			case "local":
+				h.OnStoreError = "local"
+			default:
+				return d.Errf("on_store_error: %q is not one of fail, local", d.Val())
+			}
 		default:
 			return d.Errf("unrecognized subdirective %q", opt)
 		}
@@ -237,4 +268,90 @@ func parseDuration(d *caddyfile.Dispenser) (caddy.Duration, error) {
 		return 0, d.Errf("%s: %q is not a positive duration", opt, d.Val())
 	}
 	return caddy.Duration(dur), nil
+}
+
+func (h *Handler) unmarshalStore(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	s := &StoreConfig{Backend: d.Val()}
+	h.Store = s
+	switch s.Backend {
+	case "memory":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		if d.NextBlock(d.Nesting()) {
+			return d.Err("store memory takes no options")
+		}
+		return nil
+	case "redis":
+	default:
+		return d.Errf("store: %q is not one of memory, redis", s.Backend)
+	}
+	s.Addresses = d.RemainingArgs()
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("store redis: %s given twice", opt)
+		}
+		seen[opt] = true
+		one := func() (string, error) {
+			if !d.NextArg() {
+				return "", d.ArgErr()
+			}
+			v := d.Val()
+			if d.NextArg() {
+				return "", d.ArgErr()
+			}
+			return v, nil
+		}
+		var err error
+		switch opt {
+		case "address":
+			addrs := d.RemainingArgs()
+			if len(addrs) == 0 {
+				return d.ArgErr()
+			}
+			s.Addresses = append(s.Addresses, addrs...)
+		case "sentinel_master":
+			s.SentinelMaster, err = one()
+		case "username":
+			s.Username, err = one()
+		case "password":
+			s.Password, err = one()
+		case "db":
+			var v string
+			if v, err = one(); err == nil {
+				if s.DB, err = strconv.Atoi(v); err != nil || s.DB < 0 {
+					return d.Errf("store redis: db %q is not a database number", v)
+				}
+			}
+		case "tls":
+			s.TLS = true
+		case "tls_server_name":
+			s.TLSServerName, err = one()
+		case "tls_insecure_skip_verify":
+			s.TLSInsecureSkipVerify = true
+		case "key_prefix":
+			s.KeyPrefix, err = one()
+		case "lock_ttl":
+			s.LockTTL, err = parseDuration(d)
+		case "timeout":
+			s.Timeout, err = parseDuration(d)
+		default:
+			return d.Errf("store redis: unrecognized option %q", opt)
+		}
+		if err != nil {
+			return err
+		}
+		if (opt == "tls" || opt == "tls_insecure_skip_verify") && d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	if len(s.Addresses) == 0 {
+		return d.Err("store redis: at least one address is required")
+	}
+	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/writeguard/caddy-writeguard/etagcache"
 	"github.com/writeguard/caddy-writeguard/lockmgr"
 	"github.com/writeguard/caddy-writeguard/precondition"
+	"github.com/writeguard/caddy-writeguard/redisstore"
 )
 
 // serveWrite checks a guarded request's preconditions against the
@@ -137,6 +138,12 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	// Whatever happens below, including a panic in a later handler, the lock
 	// is released; a write whose outcome was never seen forgets the version.
 	defer held.finish(0, "", "")
+	if h.redis != nil {
+		if refusal := h.lockShared(w, r, held, waitStart.Add(time.Duration(h.LockTimeout))); refusal != nil {
+			held.release()
+			return refusal()
+		}
+	}
 
 	// Everything done under the lock until the upstream answers the write
 	// is bounded by write_timeout, so that a hung upstream cannot hold the
@@ -148,7 +155,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	r = r.WithContext(lockedCtx)
 
 	if !cond.Blind() {
-		state, cached, fromCache, refusal := h.currentState(w, r, key, next)
+		state, cached, fromCache, refusal := h.currentState(w, r, held, next)
 		if refusal != nil {
 			held.release()
 			return refusal()
@@ -172,6 +179,10 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		held.replaced = state.ETag
 		if fromCache {
 			held.older = cached.Superseded
+		}
+		if fromCache || stateKnown(state) {
+			v := etagcache.Version{Exists: state.Exists, ETag: state.ETag, LastModified: state.LastModified, Superseded: held.older}
+			held.current = &v
 		}
 		if outcome != precondition.Pass {
 			held.release()
@@ -216,7 +227,8 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 // replaced. Confirming each with the upstream under the lock would turn a
 // hot resource into a convoy of version checks.
 func (h *Handler) refuseSuperseded(w http.ResponseWriter, r *http.Request, key string, cond precondition.Conditions) (bool, error) {
-	if cond.IfMatch == nil || !h.learnsFrom(r) || h.revalidateAlways {
+	if cond.IfMatch == nil || !h.learnsFrom(r) || h.revalidateAlways || h.redis != nil {
+		// With Redis, the process's cache must not decide a write.
 		return false, nil
 	}
 	// Peek: the decision is made again under the lock, where the lookup
@@ -302,6 +314,13 @@ type heldWrite struct {
 	// a write naming any of them is certainly stale.
 	replaced string
 	older    []string
+	// current is the version the write was checked against, when known: put
+	// back in the shared store if the write is not forwarded.
+	current *etagcache.Version
+	// lease holds the resource's lock in Redis; degraded means Redis could
+	// not be reached and the write is guarded by this process alone.
+	lease    *redisstore.Lease
+	degraded bool
 	// r (with the client's context, not the write's) and next let a guard
 	// with `etags hash` ask for the new version.
 	r    *http.Request
@@ -315,11 +334,16 @@ func (hw *heldWrite) finish(status int, etag, lastModified string) {
 		return
 	}
 	hw.done = true
+	var made *etagcache.Version
 	if hw.locked && hw.recordable {
-		hw.h.record(hw, status, etag, lastModified)
+		made = hw.h.record(hw, status, etag, lastModified)
 	} else {
 		hw.h.cache.Forget(hw.key)
+		if !hw.locked {
+			hw.h.forgetShared(hw.key)
+		}
 	}
+	hw.endShared(true, made)
 	if hw.locked {
 		hw.h.locks.Unlock(hw.key)
 	}
@@ -331,6 +355,7 @@ func (hw *heldWrite) release() {
 		return
 	}
 	hw.done = true
+	hw.endShared(false, hw.current)
 	if hw.locked {
 		hw.h.locks.Unlock(hw.key)
 	}
@@ -375,16 +400,32 @@ func (h *Handler) lock(ctx context.Context, key string) error {
 // the version could not be established and the write must not go on.
 //
 // cached is the cache's version when the state came from it (fromCache).
-func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (state precondition.State, cached etagcache.Version, fromCache bool, refusal func() error) {
+func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, held *heldWrite, next caddyhttp.Handler) (state precondition.State, cached etagcache.Version, fromCache bool, refusal func() error) {
 	// The cache knows the keyed resource, which need not be what a URL
 	// with a query selects.
 	if h.learnsFrom(r) && !h.revalidateAlways {
-		if v, ok := h.cache.Get(key); ok {
-			return stateOf(v), v, true, nil
+		switch {
+		case held.lease != nil:
+			if v, ok := held.lease.Found(); ok {
+				return stateOf(v), v, true, nil
+			}
+		case h.redis != nil:
+			// Degraded: other instances write too, and this process's cache
+			// does not see their writes.
+		default:
+			if v, ok := h.cache.Get(held.key); ok {
+				return stateOf(v), v, true, nil
+			}
 		}
 	}
-	state, refusal = h.probeState(w, r, key, next)
+	state, refusal = h.probeState(w, r, held.key, next)
 	return state, etagcache.Version{}, false, refusal
+}
+
+// stateKnown reports whether a version check's answer named the version:
+// an entity-tag, a date, or the resource's absence.
+func stateKnown(s precondition.State) bool {
+	return !s.Exists || s.ETag != "" || !s.LastModified.IsZero()
 }
 
 func stateOf(v etagcache.Version) precondition.State {
@@ -393,24 +434,30 @@ func stateOf(v etagcache.Version) precondition.State {
 
 // record stores what the write's response says about the new version, or
 // forgets the resource's version when the response does not say.
-func (h *Handler) record(hw *heldWrite, status int, etag, lastModified string) {
+//
+// It returns the version recorded, nil if forgotten.
+func (h *Handler) record(hw *heldWrite, status int, etag, lastModified string) *etagcache.Version {
+	var v etagcache.Version
 	switch {
 	case status < 200 || status >= 300 || status == http.StatusAccepted:
 		// 202: accepted for later, maybe never applied (RFC 9110, 15.3.3).
 		h.cache.Forget(hw.key)
+		return nil
 	case hw.method == http.MethodDelete:
-		h.cache.Record(hw.key, etagcache.Version{Superseded: etagcache.Supersede(hw.replaced, hw.older, "")})
+		v = etagcache.Version{Superseded: etagcache.Supersede(hw.replaced, hw.older, "")}
 	case etag == "" || strings.HasPrefix(etag, "W/"):
 		// RFC 9110 (9.3.4) lets a write response carry only the new
 		// representation's own strong validator. Frameworks that tag every
 		// response body (Express tags {"ok":true}) send a weak one that is
 		// no version at all: let the next write ask the upstream.
 		h.cache.Forget(hw.key)
+		return nil
 	default:
-		v, _ := versionFromResponse(status, etag, lastModified)
+		v, _ = versionFromResponse(status, etag, lastModified)
 		v.Superseded = etagcache.Supersede(hw.replaced, hw.older, v.ETag)
-		h.cache.Record(hw.key, v)
 	}
+	h.cache.Record(hw.key, v)
+	return &v
 }
 
 // outcomeWriter records a write's outcome and releases its lock as soon as

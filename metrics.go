@@ -13,16 +13,17 @@ import (
 // Outcomes of a guarded request, as counted in
 // caddy_write_guard_requests_total and shown in {http.write_guard.outcome}.
 const (
-	outcomeAllowed      = "allowed"       // forwarded: its precondition held
-	outcomeBlind        = "blind"         // 428/409: no precondition
-	outcomeStale        = "stale"         // 412: the precondition failed
-	outcomeBusy         = "busy"          // 409: lock_timeout or max_waiters
-	outcomeProbeFailed  = "probe_failed"  // 502/504: the version could not be checked
-	outcomeBadRequest   = "bad_request"   // 400: malformed precondition, method override or body
-	outcomeTooLarge     = "too_large"     // 413: body over max_body
-	outcomeUnauthorized = "unauthorized"  // the upstream's 401/403 to the version check
-	outcomeClientGone   = "client_gone"   // the client left before the write was decided
-	outcomeNested       = "outer_guarded" // an outer guard of the same key decided
+	outcomeAllowed      = "allowed"           // forwarded: its precondition held
+	outcomeBlind        = "blind"             // 428/409: no precondition
+	outcomeStale        = "stale"             // 412: the precondition failed
+	outcomeBusy         = "busy"              // 409: lock_timeout or max_waiters
+	outcomeProbeFailed  = "probe_failed"      // 502/504: the version could not be checked
+	outcomeBadRequest   = "bad_request"       // 400: malformed precondition, method override or body
+	outcomeTooLarge     = "too_large"         // 413: body over max_body
+	outcomeUnauthorized = "unauthorized"      // the upstream's 401/403 to the version check
+	outcomeClientGone   = "client_gone"       // the client left before the write was decided
+	outcomeNested       = "outer_guarded"     // an outer guard of the same key decided
+	outcomeStoreDown    = "store_unavailable" // 503: Redis could not be reached (on_store_error fail)
 )
 
 // Results of a version check, as counted in caddy_write_guard_probes_total.
@@ -41,7 +42,7 @@ var guardMetrics = sync.OnceValue(func() *metricSet {
 	m := &metricSet{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "requests_total",
-			Help: "Guarded requests by outcome: allowed, blind, stale, busy, probe_failed, bad_request, too_large, unauthorized, client_gone, outer_guarded.",
+			Help: "Guarded requests by outcome: allowed, blind, stale, busy, probe_failed, bad_request, too_large, unauthorized, client_gone, outer_guarded, store_unavailable.",
 		}, []string{"outcome"}),
 		lockWait: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "lock_wait_seconds",
@@ -52,6 +53,10 @@ var guardMetrics = sync.OnceValue(func() *metricSet {
 			Namespace: ns, Subsystem: sub, Name: "probes_total",
 			Help: "Version checks asked of the upstream, by result: version, no_version, unauthorized, failed.",
 		}, []string{"result"}),
+		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "store_errors_total",
+			Help: "Redis commands that failed (store redis): locks not taken, versions not forgotten.",
+		}),
 		upstreamFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "upstream_failures_total",
 			Help: "Forwarded writes that the upstream failed before answering (outcome unknown, version forgotten).",
@@ -60,7 +65,7 @@ var guardMetrics = sync.OnceValue(func() *metricSet {
 	// Every outcome and result is exported from the start, at zero, so that
 	// rates over them exist before the first occurrence.
 	m.byOutcome = map[string]prometheus.Counter{}
-	for _, o := range []string{outcomeAllowed, outcomeBlind, outcomeStale, outcomeBusy, outcomeProbeFailed, outcomeBadRequest, outcomeTooLarge, outcomeUnauthorized, outcomeClientGone, outcomeNested} {
+	for _, o := range []string{outcomeAllowed, outcomeBlind, outcomeStale, outcomeBusy, outcomeProbeFailed, outcomeBadRequest, outcomeTooLarge, outcomeUnauthorized, outcomeClientGone, outcomeNested, outcomeStoreDown} {
 		m.byOutcome[o] = m.requests.WithLabelValues(o)
 	}
 	m.byProbe = map[string]prometheus.Counter{}
@@ -72,7 +77,7 @@ var guardMetrics = sync.OnceValue(func() *metricSet {
 			func() float64 { return float64(cacheTotals(pick)) })
 	}
 	m.collectors = []prometheus.Collector{
-		m.requests, m.lockWait, m.probes, m.upstreamFailures,
+		m.requests, m.lockWait, m.probes, m.upstreamFailures, m.storeErrors,
 		cacheCounter("cache_hits_total", "Version lookups the cache answered.", func(s etagcache.Stats) uint64 { return s.Hits }),
 		cacheCounter("cache_misses_total", "Version lookups the cache could not answer.", func(s etagcache.Stats) uint64 { return s.Misses }),
 		cacheCounter("cache_evictions_total", "Cached versions evicted for room or expired.", func(s etagcache.Stats) uint64 { return s.Evictions }),
@@ -93,6 +98,7 @@ type metricSet struct {
 	lockWait         prometheus.Histogram
 	probes           *prometheus.CounterVec
 	upstreamFailures prometheus.Counter
+	storeErrors      prometheus.Counter
 	collectors       []prometheus.Collector
 
 	byOutcome, byProbe map[string]prometheus.Counter

@@ -20,6 +20,7 @@ import (
 	"github.com/writeguard/caddy-writeguard/etagcache"
 	"github.com/writeguard/caddy-writeguard/lockmgr"
 	"github.com/writeguard/caddy-writeguard/precondition"
+	"github.com/writeguard/caddy-writeguard/redisstore"
 	"github.com/writeguard/caddy-writeguard/reskey"
 )
 
@@ -180,6 +181,18 @@ type Handler struct {
 	// ASP.NET). Default: false.
 	KeyCaseInsensitive bool `json:"key_case_insensitive,omitempty"`
 
+	// Store says where locks and versions live: in this process (the
+	// default), or in Redis, shared by several Caddy instances.
+	Store *StoreConfig `json:"store,omitempty"`
+
+	// OnStoreError is what happens to a guarded write when the store
+	// (Redis) cannot be reached: "fail" refuses it with 503 and
+	// Retry-After; "local" guards it with this process's own lock, asking
+	// the upstream for the version every time, and no longer against
+	// writes through other instances. Reads are never affected. Default:
+	// "fail".
+	OnStoreError string `json:"on_store_error,omitempty"`
+
 	methods map[string]struct{}
 	// hashTags and revalidateAlways cache ETags == "hash" and
 	// Revalidate == "always".
@@ -198,8 +211,10 @@ type Handler struct {
 	keyHasQuery bool
 	locks       *lockmgr.Manager
 	cache       *etagcache.Cache
-	poolKeys    []string
-	logger      *zap.Logger
+	// redis, when not nil, holds the locks and versions that decide writes.
+	redis    *redisstore.Store
+	poolKeys []string
+	logger   *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -303,6 +318,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.poolKeys = append(h.poolKeys, key)
 	h.cache = cache
+
+	if h.Store.redis() {
+		store, key, err := attachRedis(*h.Store, time.Duration(h.CacheTTL))
+		if err != nil {
+			return fmt.Errorf("write_guard store: %v", err)
+		}
+		h.poolKeys = append(h.poolKeys, key)
+		h.redis = store
+	}
 	return nil
 }
 
@@ -374,6 +398,17 @@ func (h *Handler) Validate() error {
 	}
 	if h.WriteTimeout < 0 {
 		return fmt.Errorf("write_timeout must not be negative")
+	}
+	if err := h.Store.validate(); err != nil {
+		return err
+	}
+	switch h.OnStoreError {
+	case "", "fail", "local":
+	default:
+		return fmt.Errorf("on_store_error: %q is not one of fail, local", h.OnStoreError)
+	}
+	if h.OnStoreError != "" && !h.Store.redis() {
+		return fmt.Errorf("on_store_error applies only with store redis")
 	}
 	if h.MethodOverrideOff && len(h.MethodOverride) > 0 {
 		return fmt.Errorf("method_override: fields listed and turned off at once")

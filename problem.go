@@ -23,6 +23,7 @@ const (
 	problemProbeFailed           = "probe-failed"
 	problemUpstreamFailed        = "upstream-failed"
 	problemInvalidMethodOverride = "invalid-method-override"
+	problemStoreUnavailable      = "store-unavailable"
 )
 
 // problem is an RFC 9457 problem details object.

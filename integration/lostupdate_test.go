@@ -17,7 +17,11 @@ import (
 // GET, append the client's own line, PUT with If-Match, and on 412 or 409
 // start over. A write is acknowledged when the PUT got a 2xx.
 type workload struct {
-	base      string // where to send requests
+	base string // where to send requests
+	// bases, when set, replace base: a client sends each request to the
+	// next of them in turn, so that an edit's read and write go through
+	// different servers.
+	bases     []string
 	resources []string
 	clients   int
 	perClient int           // acknowledged writes each client aims for
@@ -26,8 +30,10 @@ type workload struct {
 
 	mu    sync.Mutex
 	acked map[string][]string // resource → lines whose PUT was acknowledged
-	// refused counts 412/409 answers; errors counts transport failures.
-	refused, errors atomic.Int64
+	// refused counts 412/409 answers; unavailable 503s; errors transport
+	// failures and other answers.
+	refused, unavailable, errors atomic.Int64
+	turn                         atomic.Int64
 }
 
 func (wl *workload) run(t *testing.T) {
@@ -50,6 +56,9 @@ func (wl *workload) run(t *testing.T) {
 					i++
 				case http.StatusPreconditionFailed, http.StatusConflict:
 					wl.refused.Add(1)
+				case http.StatusServiceUnavailable:
+					wl.unavailable.Add(1)
+					time.Sleep(50 * time.Millisecond)
 				default:
 					wl.errors.Add(1)
 					time.Sleep(10 * time.Millisecond)
@@ -63,7 +72,12 @@ func (wl *workload) run(t *testing.T) {
 // edit performs one read-modify-write and returns the status of the write,
 // or 0 when the exchange failed.
 func (wl *workload) edit(client *http.Client, res, line string) int {
-	resp, err := client.Get(wl.base + res)
+	readBase, writeBase := wl.base, wl.base
+	if len(wl.bases) > 0 {
+		n := int(wl.turn.Add(1))
+		readBase, writeBase = wl.bases[n%len(wl.bases)], wl.bases[(n+1)%len(wl.bases)]
+	}
+	resp, err := client.Get(readBase + res)
 	if err != nil {
 		return 0
 	}
@@ -74,7 +88,7 @@ func (wl *workload) edit(client *http.Client, res, line string) int {
 	}
 	tag := resp.Header.Get("ETag")
 	time.Sleep(wl.think)
-	return putIfMatch(client, wl.base+res, string(body)+line+"\n", tag)
+	return putIfMatch(client, writeBase+res, string(body)+line+"\n", tag)
 }
 
 // putIfMatch sends a conditional PUT and returns its status, or 0 when the

@@ -97,7 +97,7 @@ func main() {
 	for _, s := range setups {
 		cfg := filepath.Join(dir, strconv.Itoa(s.port)+".Caddyfile")
 		os.WriteFile(cfg, []byte(fmt.Sprintf(`{
-	admin off
+	admin %s
 	auto_https off
 	persist_config off
 	log default {
@@ -108,7 +108,7 @@ func main() {
 	%s
 	reverse_proxy %s
 }
-`, s.port, s.guard, backendAddr)), 0o644)
+`, s.admin(), s.port, s.guard, backendAddr)), 0o644)
 		s.cmd = start(*serverCPU, *caddyBin, "run", "--config", cfg, "--adapter", "caddyfile")
 	}
 	for _, s := range setups {
@@ -149,6 +149,19 @@ func main() {
 				}
 			}
 			report(wl.name, results[plain], results[guarded], perf)
+			// One more guarded run, profiled.
+			share := make(chan float64, 1)
+			go func() {
+				v, err := guardShare(guarded.admin(), *caddyBin, dir, *duration-time.Second)
+				if err != nil {
+					log.Printf("profile: %v", err)
+				}
+				share <- v
+			}()
+			runWrk(*loadCPU, 2, *conns, *duration, luaFile, guarded, false)
+			if v := <-share; v > 0 {
+				fmt.Printf("  the guard's share of the guarded Caddy's CPU samples (pprof, %v): %.1f%%, so a throughput ratio of about %.3f when Caddy is the bottleneck\n", *duration-time.Second, v*100, 1-v)
+			}
 		}
 	}
 	if run("contention") {
@@ -190,6 +203,9 @@ type setup struct {
 	guard string
 	cmd   *exec.Cmd
 }
+
+// admin is the setup's admin endpoint, which serves its CPU profiles.
+func (s *setup) admin() string { return "127.0.0.1:" + strconv.Itoa(s.port+100) }
 
 func (s *setup) url() string { return "http://127.0.0.1:" + strconv.Itoa(s.port) }
 

@@ -1,0 +1,265 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/writeguard/caddy-writeguard/etagcache"
+	"github.com/writeguard/caddy-writeguard/internal/redistest"
+)
+
+func newStore(t *testing.T, srv *redistest.Server, cfg Config) *Store {
+	t.Helper()
+	cfg.Addrs = []string{srv.Addr}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func lock(t *testing.T, s *Store, key string) *Lease {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := s.Lock(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// tryLock reports whether key can be locked within d.
+func tryLock(t *testing.T, s *Store, key string, d time.Duration) *Lease {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	l, err := s.Lock(ctx, key)
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// Two instances (two clients) never hold one resource at once, and a
+// waiter gets the lock once it is released.
+func TestLockIsExclusiveAcrossClients(t *testing.T) {
+	srv := redistest.Start(t)
+	a, b := newStore(t, srv, Config{}), newStore(t, srv, Config{})
+	la := lock(t, a, "/doc")
+	if l := tryLock(t, b, "/doc", 200*time.Millisecond); l != nil {
+		t.Fatal("a second client locked a held resource")
+	}
+	if l := tryLock(t, b, "/other", time.Second); l == nil {
+		t.Fatal("another resource was not lockable")
+	} else {
+		l.Restore(context.Background(), nil)
+	}
+	got := make(chan *Lease)
+	go func() { got <- tryLock(t, b, "/doc", 10*time.Second) }()
+	time.Sleep(50 * time.Millisecond)
+	if err := la.Restore(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if lb := <-got; lb == nil {
+		t.Fatal("the waiter did not get the released lock")
+	} else {
+		lb.Restore(context.Background(), nil)
+	}
+}
+
+// Concurrent holders from several clients never overlap.
+func TestMutualExclusion(t *testing.T) {
+	srv := redistest.Start(t)
+	stores := []*Store{newStore(t, srv, Config{}), newStore(t, srv, Config{}), newStore(t, srv, Config{})}
+	var inside, overlaps, total atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 12 {
+		wg.Go(func() {
+			for range 20 {
+				l := lock(t, stores[i%len(stores)], "/hot")
+				if inside.Add(1) != 1 {
+					overlaps.Add(1)
+				}
+				time.Sleep(100 * time.Microsecond)
+				inside.Add(-1)
+				total.Add(1)
+				if err := l.Record(context.Background(), nil); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if overlaps.Load() != 0 || total.Load() != 240 {
+		t.Fatalf("%d overlaps in %d holds", overlaps.Load(), total.Load())
+	}
+}
+
+func TestVersionFollowsTheLock(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Config{})
+	ctx := context.Background()
+
+	l := lock(t, s, "/doc")
+	if _, known := l.Found(); known {
+		t.Fatal("a new resource has a version")
+	}
+	v1 := etagcache.Version{Exists: true, ETag: `"v1"`, LastModified: time.Unix(1700000000, 0).UTC(), Superseded: []string{`"v0"`, `"old"`}}
+	if err := l.Record(ctx, &v1); err != nil {
+		t.Fatal(err)
+	}
+	l = lock(t, s, "/doc")
+	if got, known := l.Found(); !known || got.ETag != v1.ETag || !got.LastModified.Equal(v1.LastModified) || !got.Exists || !slices.Equal(got.Superseded, v1.Superseded) {
+		t.Fatalf("found %+v, %v; want %+v", got, known, v1)
+	}
+	// While held, the version is out of the store: a holder that dies
+	// leaves it unknown rather than stale.
+	if _, known, _, locked, err := s.Peek(ctx, "/doc"); err != nil || known || !locked {
+		t.Fatalf("while held: known %v, locked %v, %v", known, locked, err)
+	}
+	if err := l.Restore(ctx, &v1); err != nil {
+		t.Fatal(err)
+	}
+	v, known, gen, locked, err := s.Peek(ctx, "/doc")
+	if err != nil || !known || v.ETag != v1.ETag || locked || gen != 1 {
+		t.Fatalf("after restore: %+v known %v gen %d locked %v %v", v, known, gen, locked, err)
+	}
+
+	// A write whose outcome nobody learned leaves the version unknown.
+	l = lock(t, s, "/doc")
+	if err := l.Record(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, known, gen, _, _ := s.Peek(ctx, "/doc"); known || gen != 2 {
+		t.Fatalf("after an unknown outcome: known %v, gen %d", known, gen)
+	}
+	// Absence is a version too.
+	l = lock(t, s, "/doc")
+	if err := l.Record(ctx, &etagcache.Version{}); err != nil {
+		t.Fatal(err)
+	}
+	if v, known, _, _, _ := s.Peek(ctx, "/doc"); !known || v.Exists {
+		t.Fatalf("after a delete: %+v known %v", v, known)
+	}
+}
+
+// A write that the guard does not serialize (a POST) makes the version
+// unknown; a holder that forwarded nothing must not put the old one back.
+func TestRestoreAfterForgetKeepsItUnknown(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Config{})
+	ctx := context.Background()
+	v1 := etagcache.Version{Exists: true, ETag: `"v1"`}
+	l := lock(t, s, "/doc")
+	l.Record(ctx, &v1)
+
+	l = lock(t, s, "/doc")
+	if err := s.Forget(ctx, "/doc"); err != nil {
+		t.Fatal(err)
+	}
+	found, _ := l.Found()
+	if err := l.Restore(ctx, &found); err != nil {
+		t.Fatal(err)
+	}
+	if v, known, _, _, _ := s.Peek(ctx, "/doc"); known {
+		t.Fatalf("restored %+v over a forget", v)
+	}
+}
+
+// A holder that stops renewing (a crashed instance, one cut off from
+// Redis) holds the resource for LockTTL at most, and the version it took
+// out stays unknown.
+func TestLockOfDeadHolderExpires(t *testing.T) {
+	srv := redistest.Start(t)
+	const ttl = 300 * time.Millisecond
+	a, b := newStore(t, srv, Config{LockTTL: ttl}), newStore(t, srv, Config{LockTTL: ttl})
+	l := lock(t, a, "/doc")
+	l.Record(context.Background(), &etagcache.Version{Exists: true, ETag: `"v1"`})
+	lock(t, a, "/doc")
+	a.Close() // renewals fail from now on
+	start := time.Now()
+	lb := tryLock(t, b, "/doc", 10*time.Second)
+	if lb == nil {
+		t.Fatal("the dead holder's lock never expired")
+	}
+	if waited := time.Since(start); waited > ttl+2*time.Second {
+		t.Errorf("took %v, TTL %v", waited, ttl)
+	}
+	if _, known := lb.Found(); known {
+		t.Error("the version a dead holder took out came back")
+	}
+}
+
+// Renewal keeps a lock held past its TTL for as long as the write runs.
+func TestRenewalOutlastsTTL(t *testing.T) {
+	srv := redistest.Start(t)
+	const ttl = 300 * time.Millisecond
+	a, b := newStore(t, srv, Config{LockTTL: ttl}), newStore(t, srv, Config{LockTTL: ttl})
+	l := lock(t, a, "/doc")
+	if lb := tryLock(t, b, "/doc", 4*ttl); lb != nil {
+		t.Fatal("the lock was taken from a holder that renews it")
+	}
+	if l.Lost() {
+		t.Fatal("lost")
+	}
+	if err := l.Record(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A holder whose lock vanished (failover to a replica that had not seen
+// it, a flush) learns so, and what it records is not trusted.
+func TestLostLockIsReported(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Config{LockTTL: 300 * time.Millisecond})
+	l := lock(t, s, "/doc")
+	if err := srv.Client().Del(context.Background(), s.keys("/doc")[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !l.Lost() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !l.Lost() {
+		t.Fatal("renewal did not notice")
+	}
+	if err := l.Record(context.Background(), &etagcache.Version{Exists: true, ETag: `"v2"`}); !errors.Is(err, ErrLockLost) {
+		t.Fatalf("Record: %v, want ErrLockLost", err)
+	}
+	if _, known, _, _, _ := s.Peek(context.Background(), "/doc"); known {
+		t.Fatal("a holder without the lock recorded a version")
+	}
+}
+
+// Redis down: Lock fails fast with Redis's error, not the caller's
+// deadline, and works again once Redis is back.
+func TestRedisDown(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Config{Timeout: 200 * time.Millisecond})
+	srv.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := s.Lock(ctx, "/doc"); err == nil || ctx.Err() != nil {
+		t.Fatalf("Lock with Redis down: %v (ctx %v)", err, ctx.Err())
+	}
+	srv.Restart()
+	lock(t, s, "/doc").Record(context.Background(), nil)
+}
+
+func TestConfig(t *testing.T) {
+	for _, cfg := range []Config{
+		{},
+		{Addrs: []string{"127.0.0.1:6379"}, KeyPrefix: "a{b}:"},
+		{Addrs: []string{"127.0.0.1:6379"}, LockTTL: time.Millisecond},
+	} {
+		if _, err := New(cfg); err == nil {
+			t.Errorf("New(%+v) accepted", cfg)
+		}
+	}
+}

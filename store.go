@@ -1,0 +1,247 @@
+package writeguard
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/writeguard/caddy-writeguard/etagcache"
+	"github.com/writeguard/caddy-writeguard/redisstore"
+)
+
+// StoreConfig says where the guard keeps its locks and the current version
+// of each resource. In memory (the default) they are the process's own,
+// which is right for one Caddy. With Redis, every Caddy instance that uses
+// the same Redis and key prefix serializes its writes with the others and
+// decides them on the version the last write left, whichever instance it
+// went through; the in-process cache then only serves reads.
+type StoreConfig struct {
+	// Backend is "memory" or "redis". Default: "memory".
+	Backend string `json:"backend,omitempty"`
+	// Addresses of Redis (host:port): one server, the nodes of a Redis
+	// Cluster, or the Sentinels when SentinelMaster is set.
+	Addresses []string `json:"addresses,omitempty"`
+	// SentinelMaster names the master that the Sentinels at Addresses
+	// watch; Redis fails over to a replica without a configuration change.
+	SentinelMaster string `json:"sentinel_master,omitempty"`
+	Username       string `json:"username,omitempty"`
+	Password       string `json:"password,omitempty"`
+	DB             int    `json:"db,omitempty"`
+	// TLS connects with TLS, verifying the server's certificate against the
+	// system's roots (TLSServerName overrides the name checked).
+	TLS                   bool   `json:"tls,omitempty"`
+	TLSServerName         string `json:"tls_server_name,omitempty"`
+	TLSInsecureSkipVerify bool   `json:"tls_insecure_skip_verify,omitempty"`
+	// KeyPrefix starts every Redis key the guard writes. Instances that
+	// guard the same backend must use the same one. Default: "write_guard:".
+	KeyPrefix string `json:"key_prefix,omitempty"`
+	// LockTTL is how long a lock outlives an instance that holds it and
+	// dies (or loses Redis): writes to that resource wait that long. While
+	// the holder lives, it renews the lock every third of LockTTL for as
+	// long as its write runs. Default: 10s.
+	LockTTL caddy.Duration `json:"lock_ttl,omitempty"`
+	// Timeout bounds connecting and each Redis command. Default: 1s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+}
+
+func (s *StoreConfig) redis() bool { return s != nil && s.Backend == "redis" }
+
+func (s *StoreConfig) validate() error {
+	if s == nil {
+		return nil
+	}
+	switch s.Backend {
+	case "", "memory":
+		if len(s.Addresses) > 0 || s.SentinelMaster != "" || s.Password != "" || s.TLS {
+			return errors.New("store: Redis options given for store memory")
+		}
+		return nil
+	case "redis":
+	default:
+		return fmt.Errorf("store: %q is not one of memory, redis", s.Backend)
+	}
+	if len(s.Addresses) == 0 {
+		return errors.New("store redis: at least one address is required")
+	}
+	for _, a := range s.Addresses {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("store redis: address %q: %v", a, err)
+		}
+	}
+	if s.DB < 0 {
+		return errors.New("store redis: db must not be negative")
+	}
+	if (s.TLSServerName != "" || s.TLSInsecureSkipVerify) && !s.TLS {
+		return errors.New("store redis: tls_server_name and tls_insecure_skip_verify need tls")
+	}
+	if s.LockTTL != 0 && time.Duration(s.LockTTL) < 100*time.Millisecond {
+		return fmt.Errorf("store redis: lock_ttl %v is too short to be renewed in time", time.Duration(s.LockTTL))
+	}
+	if s.Timeout < 0 {
+		return errors.New("store redis: timeout must not be negative")
+	}
+	return nil
+}
+
+// sharedRedis is one Redis client, shared by every handler with the same
+// settings.
+type sharedRedis struct{ *redisstore.Store }
+
+func (s sharedRedis) Destruct() error { return s.Close() }
+
+// attachRedis returns the client for cfg; placeholders such as
+// {env.REDIS_PASSWORD} in its fields are replaced first.
+func attachRedis(cfg StoreConfig, versionTTL time.Duration) (*redisstore.Store, string, error) {
+	repl := caddy.NewReplacer()
+	for i, a := range cfg.Addresses {
+		cfg.Addresses[i] = repl.ReplaceKnown(a, "")
+	}
+	cfg.Username = repl.ReplaceKnown(cfg.Username, "")
+	cfg.Password = repl.ReplaceKnown(cfg.Password, "")
+	raw, _ := json.Marshal(cfg)
+	key := fmt.Sprintf("write_guard.redis/%s/%s", raw, versionTTL)
+	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		rc := redisstore.Config{
+			Addrs:      cfg.Addresses,
+			MasterName: cfg.SentinelMaster,
+			Username:   cfg.Username,
+			Password:   cfg.Password,
+			DB:         cfg.DB,
+			KeyPrefix:  cfg.KeyPrefix,
+			LockTTL:    time.Duration(cfg.LockTTL),
+			VersionTTL: versionTTL,
+			Timeout:    time.Duration(cfg.Timeout),
+		}
+		if cfg.TLS {
+			rc.TLS = &tls.Config{
+				ServerName:         cfg.TLSServerName,
+				InsecureSkipVerify: cfg.TLSInsecureSkipVerify,
+				MinVersion:         tls.VersionTLS12,
+			}
+		}
+		s, err := redisstore.New(rc)
+		if err != nil {
+			return nil, err
+		}
+		return sharedRedis{s}, nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return v.(sharedRedis).Store, key, nil
+}
+
+// storeCtx bounds the Redis calls that end a write: they must run even when
+// the client has gone, since the lock and the version are everyone's.
+func (h *Handler) storeCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 2*h.redis.Config().Timeout)
+}
+
+// lockShared takes the resource's lock in Redis, once the process's own is
+// held. A non-nil refusal answers the write; the caller releases the local
+// lock. With on_store_error local, an unreachable Redis leaves the write to
+// the process alone (degraded).
+func (h *Handler) lockShared(w http.ResponseWriter, r *http.Request, held *heldWrite, deadline time.Time) (refusal func() error) {
+	ctx, cancel := context.WithDeadline(r.Context(), deadline)
+	defer cancel()
+	lease, err := h.redis.Lock(ctx, held.key)
+	if err == nil {
+		held.lease = lease
+		return nil
+	}
+	switch {
+	case r.Context().Err() != nil:
+		return func() error {
+			decided(r, outcomeClientGone)
+			return caddyhttp.Error(499, err) // the client is gone
+		}
+	case errors.Is(err, context.DeadlineExceeded):
+		return func() error {
+			h.logRejection(r, "busy", "")
+			return h.refuse(w, r, problem{
+				Type:       problemResourceBusy,
+				Title:      "Resource busy",
+				Status:     http.StatusConflict,
+				Detail:     fmt.Sprintf("Other writes to this resource, through this or another server, kept it locked for more than %s. Retry after the time given in Retry-After, with the same precondition.", time.Duration(h.LockTimeout)),
+				retryAfter: 1,
+			})
+		}
+	}
+	guardMetrics().storeErrors.Inc()
+	if h.OnStoreError == "local" {
+		if c := h.logger.Check(zapcore.WarnLevel, "Redis unavailable; guarding this write in this process alone"); c != nil {
+			c.Write(zap.String("key", held.key), zap.Error(err))
+		}
+		held.degraded = true
+		return nil
+	}
+	if c := h.logger.Check(zapcore.ErrorLevel, "Redis unavailable; write refused"); c != nil {
+		c.Write(zap.String("key", held.key), zap.Error(err))
+	}
+	return func() error {
+		h.logRejection(r, "store_unavailable", "")
+		return h.refuse(w, r, problem{
+			Type:       problemStoreUnavailable,
+			Title:      "Lock store unavailable",
+			Status:     http.StatusServiceUnavailable,
+			Detail:     "The store that serializes writes across servers cannot be reached, so this write was not forwarded. Retry after the time given in Retry-After, with the same precondition.",
+			retryAfter: 1,
+		})
+	}
+}
+
+// endShared releases the Redis lock: record says a write was forwarded, and
+// v is the version it made (nil if unknown); otherwise v is the current
+// version as the write found it, put back for the next one.
+func (hw *heldWrite) endShared(record bool, v *etagcache.Version) {
+	if hw.lease == nil {
+		return
+	}
+	h := hw.h
+	ctx, cancel := h.storeCtx()
+	defer cancel()
+	var err error
+	if record {
+		err = hw.lease.Record(ctx, v)
+	} else {
+		err = hw.lease.Restore(ctx, v)
+	}
+	if err == nil {
+		return
+	}
+	level, msg := zapcore.WarnLevel, "could not release a Redis lock; it expires by itself"
+	if errors.Is(err, redisstore.ErrLockLost) {
+		// The write ran past the lock's TTL without renewing it: another
+		// instance may have written the resource at the same time.
+		level, msg = zapcore.ErrorLevel, "Redis lock expired while the write held it (renewals failed); the resource's version is now unknown"
+	}
+	if c := h.logger.Check(level, msg); c != nil {
+		c.Write(zap.String("key", hw.key), zap.Error(err))
+	}
+}
+
+// forgetShared makes the resource's version unknown in Redis, for writes
+// that are not serialized.
+func (h *Handler) forgetShared(key string) {
+	if h.redis == nil {
+		return
+	}
+	ctx, cancel := h.storeCtx()
+	defer cancel()
+	if err := h.redis.Forget(ctx, key); err != nil {
+		guardMetrics().storeErrors.Inc()
+		if c := h.logger.Check(zapcore.WarnLevel, "could not forget a version in Redis"); c != nil {
+			c.Write(zap.String("key", key), zap.Error(err))
+		}
+	}
+}
