@@ -94,6 +94,46 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "bad revalidate", input: "write_guard {\nrevalidate sometimes\n}", err: "not one of miss, always"},
 		{name: "bad hash_max_body", input: "write_guard {\nhash_max_body big\n}", err: "not a size"},
 		{name: "bad max_body", input: "write_guard {\nmax_body huge\n}", err: "not a size"},
+		{name: "store memory", input: "write_guard {\nstore memory\n}", want: Handler{Store: &StoreConfig{Backend: "memory"}}},
+		{name: "store redis, address inline", input: "write_guard {\nstore redis 127.0.0.1:6379\non_store_error local\n}", want: Handler{
+			Store:        &StoreConfig{Backend: "redis", Addresses: []string{"127.0.0.1:6379"}},
+			OnStoreError: "local",
+		}},
+		{
+			name: "store redis, every option",
+			input: `write_guard {
+				store redis {
+					address 10.0.0.1:26379 10.0.0.2:26379
+					sentinel_master mymaster
+					username guard
+					password {env.REDIS_PASSWORD}
+					db 2
+					tls
+					tls_server_name redis.internal
+					tls_insecure_skip_verify
+					key_prefix shop:
+					lock_ttl 5s
+					timeout 500ms
+				}
+				on_store_error fail
+				lock_timeout 5s
+			}`,
+			want: Handler{
+				Store: &StoreConfig{
+					Backend: "redis", Addresses: []string{"10.0.0.1:26379", "10.0.0.2:26379"}, SentinelMaster: "mymaster",
+					Username: "guard", Password: "{env.REDIS_PASSWORD}", DB: 2, TLS: true, TLSServerName: "redis.internal",
+					TLSInsecureSkipVerify: true, KeyPrefix: "shop:", LockTTL: caddy.Duration(5 * time.Second),
+					Timeout: caddy.Duration(500 * time.Millisecond),
+				},
+				LockTimeout: caddy.Duration(5 * time.Second),
+			},
+		},
+		{name: "store redis without address", input: "write_guard {\nstore redis\n}", err: "at least one address"},
+		{name: "store unknown", input: "write_guard {\nstore etcd\n}", err: "not one of memory, redis"},
+		{name: "store memory with options", input: "write_guard {\nstore memory {\naddress x:1\n}\n}", err: "takes no options"},
+		{name: "store redis unknown option", input: "write_guard {\nstore redis a:1 {\ncluster\n}\n}", err: `unrecognized option "cluster"`},
+		{name: "store redis bad db", input: "write_guard {\nstore redis a:1 {\ndb x\n}\n}", err: "not a database number"},
+		{name: "bad on_store_error", input: "write_guard {\non_store_error retry\n}", err: "not one of fail, local"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var h Handler
@@ -134,6 +174,15 @@ func TestValidate(t *testing.T) {
 		{name: "method_override both listed and off", h: Handler{MethodOverride: []string{"X-M"}, MethodOverrideOff: true}, err: "method_override"},
 		{name: "bad method_override in JSON", h: Handler{MethodOverride: []string{"X M"}}, err: "method_override"},
 		{name: "negative max_waiters", h: Handler{MaxWaiters: -1}, err: "max_waiters"},
+		{name: "store redis", h: Handler{Store: &StoreConfig{Backend: "redis", Addresses: []string{"127.0.0.1:1"}}, OnStoreError: "local"}},
+		{name: "store redis without address", h: Handler{Store: &StoreConfig{Backend: "redis"}}, err: "at least one address"},
+		{name: "store redis bad address", h: Handler{Store: &StoreConfig{Backend: "redis", Addresses: []string{"redis"}}}, err: "address"},
+		{name: "store redis db with Cluster", h: Handler{Store: &StoreConfig{Backend: "redis", Addresses: []string{"a:1", "b:1"}, DB: 1}}, err: "db"},
+		{name: "store redis tls options without tls", h: Handler{Store: &StoreConfig{Backend: "redis", Addresses: []string{"a:1"}, TLSServerName: "x"}}, err: "need tls"},
+		{name: "store redis short lock_ttl", h: Handler{Store: &StoreConfig{Backend: "redis", Addresses: []string{"a:1"}, LockTTL: caddy.Duration(time.Millisecond)}}, err: "lock_ttl"},
+		{name: "store redis brace in prefix", h: Handler{Store: &StoreConfig{Backend: "redis", Addresses: []string{"a:1"}, KeyPrefix: "{x}"}}, err: "brace"},
+		{name: "on_store_error without redis", h: Handler{OnStoreError: "local"}, err: "only with store redis"},
+		{name: "store memory with Redis options", h: Handler{Store: &StoreConfig{Backend: "memory", Addresses: []string{"a:1"}}}, err: "Redis options"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := tc.h

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -80,6 +81,12 @@ func (s *StoreConfig) validate() error {
 	}
 	if s.DB < 0 {
 		return errors.New("store redis: db must not be negative")
+	}
+	if s.DB != 0 && len(s.Addresses) > 1 && s.SentinelMaster == "" {
+		return errors.New("store redis: db cannot be chosen on a Redis Cluster (several addresses)")
+	}
+	if strings.ContainsAny(s.KeyPrefix, "{}") {
+		return fmt.Errorf("store redis: key_prefix %q contains a brace, which Redis Cluster reads as a hash tag", s.KeyPrefix)
 	}
 	if (s.TLSServerName != "" || s.TLSInsecureSkipVerify) && !s.TLS {
 		return errors.New("store redis: tls_server_name and tls_insecure_skip_verify need tls")
