@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/writeguard/caddy-writeguard/etagcache"
+	"github.com/writeguard/caddy-writeguard/internal/redistest"
 )
 
 // upstreamStub answers like a backend that versions its resources, without
@@ -113,5 +114,34 @@ func BenchmarkWritePathSuperseded(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		w := &discardWriter{h: http.Header{}}
 		h.ServeHTTP(w, reqs[i%len(reqs)], upstreamStub)
+	}
+}
+
+// BenchmarkWritePathStore is a conditional PUT whose version the store
+// knows, with locks and versions in the process (memory) and in a Redis on
+// loopback (redis): two Redis round trips per write, to take the lock with
+// the version and to release it with the new one.
+func BenchmarkWritePathStore(b *testing.B) {
+	srv := redistest.Start(b)
+	for _, tc := range []struct {
+		name  string
+		store *StoreConfig
+	}{
+		{"memory", nil},
+		{"redis", &StoreConfig{Backend: "redis", Addresses: []string{srv.Addr}}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			reqs := benchRequests(http.MethodPut, 1024)
+			h := newBenchHandler(b, &Handler{Store: tc.store})
+			w := &discardWriter{h: http.Header{}}
+			for _, r := range reqs {
+				h.ServeHTTP(w, r, upstreamStub)
+			}
+			h.cache.Wait()
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				h.ServeHTTP(w, reqs[i%len(reqs)], upstreamStub)
+			}
+		})
 	}
 }

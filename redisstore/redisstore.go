@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/writeguard/caddy-writeguard/etagcache"
 )
@@ -116,6 +117,9 @@ func New(cfg Config) (*Store, error) {
 		// A failed command is answered at once: the guard decides what a
 		// failure means, and a retry would only hold the client longer.
 		MaxRetries: -1,
+		// Redis before 8 answers the handshake of this optional feature
+		// with an error that the client would log on every connection.
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
 	return &Store{
 		rdb:        redis.NewUniversalClient(opts),

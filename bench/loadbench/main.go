@@ -94,6 +94,17 @@ func main() {
 		// exactly as a write whose version the cache does not know.
 		{name: "write_guard (check)", port: 18093, guard: "write_guard {\n\t\trevalidate always\n\t}"},
 	}
+	// With redis-server at hand, a guard whose locks and versions are in
+	// Redis, on the same CPUs as the rest of the server side.
+	var redisSetup *setup
+	if _, err := exec.LookPath("redis-server"); err == nil {
+		start(*serverCPU, "redis-server", "--port", "18094", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir)
+		redisSetup = &setup{name: "write_guard (redis)", port: 18095, guard: "write_guard {\n\t\tstore redis 127.0.0.1:18094\n\t}"}
+		setups = append(setups, redisSetup)
+		time.Sleep(200 * time.Millisecond) // Redis is dialled on the first write
+	} else {
+		fmt.Println("redis-server not found: store redis is not measured (Debian: apt-get install redis-server)")
+	}
 	for _, s := range setups {
 		cfg := filepath.Join(dir, strconv.Itoa(s.port)+".Caddyfile")
 		os.WriteFile(cfg, []byte(fmt.Sprintf(`{
@@ -131,14 +142,21 @@ func main() {
 	}
 
 	if run("wrk") {
-		for _, wl := range []workload{
+		workloads := []workload{
 			{name: "GET, version known", script: getScript, guarded: setups[1]},
 			{name: "PUT, If-Match naming the version the previous write made (cache hit but for a resource's first write)", script: putScript, guarded: setups[1]},
 			{name: "PUT, If-Match, version asked of the upstream under the lock (as on a cache miss)", script: putScript, guarded: setups[2]},
-		} {
+		}
+		if redisSetup != nil {
+			workloads = append(workloads, workload{name: "PUT as above, store redis against store memory", script: putScript, plain: setups[1], guarded: redisSetup})
+		}
+		for _, wl := range workloads {
 			luaFile := filepath.Join(dir, "load.lua")
 			os.WriteFile(luaFile, []byte(wl.script), 0o644)
 			plain, guarded := setups[0], wl.guarded
+			if wl.plain != nil {
+				plain = wl.plain
+			}
 			results := map[*setup][]result{}
 			for _, s := range []*setup{plain, guarded} { // warm up: connections, the guard's cache
 				runWrk(*loadCPU, 2, *conns, 2*time.Second, luaFile, s, false)
@@ -148,7 +166,7 @@ func main() {
 					results[s] = append(results[s], runWrk(*loadCPU, 2, *conns, *duration, luaFile, s, true))
 				}
 			}
-			report(wl.name, results[plain], results[guarded], perf)
+			report(wl.name, plain.name, guarded.name, results[plain], results[guarded], perf)
 			// One more guarded run, profiled.
 			share := make(chan float64, 1)
 			go func() {
@@ -212,6 +230,8 @@ func (s *setup) url() string { return "http://127.0.0.1:" + strconv.Itoa(s.port)
 type workload struct {
 	name, script string
 	guarded      *setup
+	// plain is what guarded is compared with; nil: plain reverse_proxy.
+	plain *setup
 }
 
 // 10,000 resources, each with a version that never changes: a PUT always
@@ -374,7 +394,7 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func report(name string, plain, guarded []result, perf bool) {
+func report(name, plainName, guardedName string, plain, guarded []result, perf bool) {
 	pick := func(rs []result, f func(result) float64) float64 {
 		var xs []float64
 		for _, r := range rs {
@@ -393,9 +413,9 @@ func report(name string, plain, guarded []result, perf bool) {
 		return n
 	}
 	fmt.Printf("\n%s (medians of %d runs each)\n", name, len(plain))
-	fmt.Printf("  %-22s %14s %14s %8s\n", "", "reverse_proxy", "write_guard", "ratio")
+	fmt.Printf("  %-22s %20s %20s %8s\n", "", plainName, guardedName, "ratio")
 	row := func(label string, a, b float64, format string) {
-		fmt.Printf("  %-22s %14s %14s %8.3f\n", label, fmt.Sprintf(format, a), fmt.Sprintf(format, b), b/a)
+		fmt.Printf("  %-22s %20s %20s %8.3f\n", label, fmt.Sprintf(format, a), fmt.Sprintf(format, b), b/a)
 	}
 	row("requests/s", pick(plain, rps), pick(guarded, rps), "%.0f")
 	row("upstream requests/req", pick(plain, upstream), pick(guarded, upstream), "%.3f")
@@ -412,9 +432,9 @@ func report(name string, plain, guarded []result, perf bool) {
 		}
 		return strings.Join(parts, " ")
 	}
-	fmt.Printf("  requests/s of each run: reverse_proxy %s; write_guard %s\n", runs(plain), runs(guarded))
+	fmt.Printf("  requests/s of each run: %s %s; %s %s\n", plainName, runs(plain), guardedName, runs(guarded))
 	if n := non2xx(guarded) + non2xx(plain); n > 0 {
-		fmt.Printf("  non-2xx answers: %d reverse_proxy, %d write_guard\n", non2xx(plain), non2xx(guarded))
+		fmt.Printf("  non-2xx answers: %d %s, %d %s\n", non2xx(plain), plainName, non2xx(guarded), guardedName)
 	}
 }
 

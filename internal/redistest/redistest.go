@@ -12,7 +12,12 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 )
+
+// quiet keeps the client from logging that Redis before 8 lacks an optional
+// feature.
+var quiet = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 
 // Server is a redis-server that belongs to one test.
 type Server struct {
@@ -55,7 +60,7 @@ func (s *Server) Restart() {
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, MaintNotificationsConfig: quiet})
 	defer rdb.Close()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -82,7 +87,7 @@ func (s *Server) Stop() {
 
 // Client returns a client of the server for the test to look with.
 func (s *Server) Client() *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaintNotificationsConfig: quiet})
 	s.t.Cleanup(func() { c.Close() })
 	return c
 }
