@@ -62,10 +62,6 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		})
 	}
 
-	if refused, err := h.refuseSuperseded(w, r, key, cond); refused {
-		return err
-	}
-
 	// Read the whole body before taking the lock, so that a slow client
 	// never holds up other writers of the resource.
 	discard, err := h.bufferBody(r)
@@ -105,7 +101,14 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	r = r.WithContext(ctx)
 
 	waitStart := time.Now()
-	err = h.lock(ctx, key)
+	if !h.locks.TryLock(key) {
+		// Contended: most writes that wait now name a version the one
+		// ahead of them is about to replace, or has replaced.
+		if refused, err := h.refuseSuperseded(w, r, key, cond); refused {
+			return err
+		}
+		err = h.lock(ctx, key)
+	}
 	waited := time.Since(waitStart)
 	observeLockWait(waited)
 	setPlaceholder(r, "http.write_guard.lock_wait", waited)
@@ -179,8 +182,9 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		held.replaced = state.ETag
 		if fromCache {
 			held.older = cached.Superseded
+			held.cached = h.redis == nil
 		}
-		if fromCache || stateKnown(state) {
+		if held.lease != nil && (fromCache || stateKnown(state)) {
 			v := etagcache.Version{Exists: state.Exists, ETag: state.ETag, LastModified: state.LastModified, Superseded: held.older}
 			held.current = &v
 		}
@@ -314,6 +318,9 @@ type heldWrite struct {
 	// a write naming any of them is certainly stale.
 	replaced string
 	older    []string
+	// cached: the version was found in the process's cache under the lock,
+	// so recording the next one needs no settling lookup.
+	cached bool
 	// current is the version the write was checked against, when known: put
 	// back in the shared store if the write is not forwarded.
 	current *etagcache.Version
@@ -334,16 +341,24 @@ func (hw *heldWrite) finish(status int, etag, lastModified string) {
 		return
 	}
 	hw.done = true
-	var made *etagcache.Version
+	var made etagcache.Version
+	known := false
 	if hw.locked && hw.recordable {
-		made = hw.h.record(hw, status, etag, lastModified)
+		made, known = hw.h.record(hw, status, etag, lastModified)
 	} else {
 		hw.h.cache.Forget(hw.key)
 		if !hw.locked {
 			hw.h.forgetShared(hw.key)
 		}
 	}
-	hw.endShared(true, made)
+	if hw.lease != nil {
+		var shared *etagcache.Version
+		if known {
+			v := made // only this copy escapes, on this path only
+			shared = &v
+		}
+		hw.endShared(true, shared)
+	}
 	if hw.locked {
 		hw.h.locks.Unlock(hw.key)
 	}
@@ -435,14 +450,13 @@ func stateOf(v etagcache.Version) precondition.State {
 // record stores what the write's response says about the new version, or
 // forgets the resource's version when the response does not say.
 //
-// It returns the version recorded, nil if forgotten.
-func (h *Handler) record(hw *heldWrite, status int, etag, lastModified string) *etagcache.Version {
-	var v etagcache.Version
+// It returns the version recorded; ok is false if it was forgotten.
+func (h *Handler) record(hw *heldWrite, status int, etag, lastModified string) (v etagcache.Version, ok bool) {
 	switch {
 	case status < 200 || status >= 300 || status == http.StatusAccepted:
 		// 202: accepted for later, maybe never applied (RFC 9110, 15.3.3).
 		h.cache.Forget(hw.key)
-		return nil
+		return v, false
 	case hw.method == http.MethodDelete:
 		v = etagcache.Version{Superseded: etagcache.Supersede(hw.replaced, hw.older, "")}
 	case etag == "" || strings.HasPrefix(etag, "W/"):
@@ -451,13 +465,22 @@ func (h *Handler) record(hw *heldWrite, status int, etag, lastModified string) *
 		// response body (Express tags {"ok":true}) send a weak one that is
 		// no version at all: let the next write ask the upstream.
 		h.cache.Forget(hw.key)
-		return nil
+		return v, false
 	default:
 		v, _ = versionFromResponse(status, etag, lastModified)
 		v.Superseded = etagcache.Supersede(hw.replaced, hw.older, v.ETag)
 	}
-	h.cache.Record(hw.key, v)
-	return &v
+	hw.recordLocally(v)
+	return v, true
+}
+
+// recordLocally stores the version the write made in the process's cache.
+func (hw *heldWrite) recordLocally(v etagcache.Version) {
+	if hw.cached {
+		hw.h.cache.Update(hw.key, v)
+	} else {
+		hw.h.cache.Record(hw.key, v)
+	}
 }
 
 // outcomeWriter records a write's outcome and releases its lock as soon as

@@ -380,7 +380,7 @@ func (hw *hashingWriter) headFromCache(status int) int {
 		return status
 	}
 	hdr := hw.Header()
-	if lm, err := http.ParseTime(hdr.Get("Last-Modified")); err == nil && !lm.Equal(v.LastModified) {
+	if lm, err := parseHTTPDate(hdr.Get("Last-Modified")); err == nil && !lm.Equal(v.LastModified) {
 		hw.h.cache.Forget(hw.key)
 		return status
 	}

@@ -172,15 +172,17 @@ func (tw *taggingWriter) complete(err error, clientCtx context.Context, lockedRe
 	_, v, known, perr := hw.h.probeVersion(hw.r.WithContext(ctx), hw.next)
 	cancel()
 	hw.done = true
-	var made *etagcache.Version
 	if perr != nil || !known || !hw.recordable || tw.status == http.StatusAccepted {
 		hw.h.cache.Forget(hw.key)
+		hw.endShared(true, nil)
 	} else {
 		v.Superseded = etagcache.Supersede(hw.replaced, hw.older, v.ETag)
-		hw.h.cache.Record(hw.key, v)
-		made = &v
+		hw.recordLocally(v)
+		if hw.lease != nil {
+			made := v
+			hw.endShared(true, &made)
+		}
 	}
-	hw.endShared(true, made)
 	hw.h.locks.Unlock(hw.key)
 	if perr == nil && known && v.Exists && v.ETag != "" && tw.status != http.StatusAccepted {
 		tw.Header().Set("Etag", v.ETag)

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
@@ -89,7 +90,7 @@ func versionFromResponse(status int, etag, lastModified string) (etagcache.Versi
 	case status >= 200 && status < 300:
 		v := etagcache.Version{Exists: true, ETag: etag}
 		if lastModified != "" {
-			v.LastModified, _ = http.ParseTime(lastModified)
+			v.LastModified, _ = parseHTTPDate(lastModified)
 		}
 		if v.ETag == "" && v.LastModified.IsZero() {
 			return etagcache.Version{}, false
@@ -97,4 +98,77 @@ func versionFromResponse(status int, etag, lastModified string) (etagcache.Versi
 		return v, true
 	}
 	return etagcache.Version{}, false
+}
+
+// parseHTTPDate is http.ParseTime, with a fast path for the IMF-fixdate form
+// ("Sun, 06 Nov 1994 08:49:37 GMT") that RFC 9110 requires senders to use:
+// every read that passes the guard carries one, and time.Parse takes a fifth
+// of what the guard spends on a read.
+func parseHTTPDate(s string) (time.Time, error) {
+	if len(s) == 29 && s[3] == ',' && s[4] == ' ' && s[7] == ' ' && s[11] == ' ' && s[16] == ' ' &&
+		s[19] == ':' && s[22] == ':' && s[25:] == " GMT" && validDay(s[:3]) {
+		day, ok1 := digits(s[5:7])
+		year, ok2 := digits(s[12:16])
+		hour, ok3 := digits(s[17:19])
+		minute, ok4 := digits(s[20:22])
+		sec, ok5 := digits(s[23:25])
+		month := monthOf(s[8:11])
+		if ok1 && ok2 && ok3 && ok4 && ok5 && month != 0 && day >= 1 && hour < 24 && minute < 60 && sec < 60 {
+			t := time.Date(year, month, day, hour, minute, sec, 0, time.UTC)
+			if t.Day() == day { // not 31 November
+				return t, nil
+			}
+		}
+	}
+	return http.ParseTime(s)
+}
+
+func digits(s string) (int, bool) {
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
+func validDay(s string) bool {
+	switch s {
+	case "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun":
+		return true
+	}
+	return false
+}
+
+func monthOf(s string) time.Month {
+	switch s {
+	case "Jan":
+		return time.January
+	case "Feb":
+		return time.February
+	case "Mar":
+		return time.March
+	case "Apr":
+		return time.April
+	case "May":
+		return time.May
+	case "Jun":
+		return time.June
+	case "Jul":
+		return time.July
+	case "Aug":
+		return time.August
+	case "Sep":
+		return time.September
+	case "Oct":
+		return time.October
+	case "Nov":
+		return time.November
+	case "Dec":
+		return time.December
+	}
+	return 0
 }

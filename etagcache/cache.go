@@ -258,6 +258,17 @@ func (c *Cache) Record(key string, v Version) {
 	c.store(key, entry{ctr: ctr, gen: gen, v: v})
 }
 
+// Update is Record for a key whose valid entry the caller found (Get) while
+// holding the key's write lock: the entry is in ristretto's store, so the
+// lookup with which Record lets queued stores of a new key settle is not
+// needed. Were the entry evicted meanwhile, the store may be dropped, which
+// costs the next write a version check.
+func (c *Cache) Update(key string, v Version) {
+	ctr := c.gens.stripe(key)
+	gen := ctr.Add(1)
+	c.store(key, entry{ctr: ctr, gen: gen, v: v})
+}
+
 // settle lets ristretto apply the stores already queued when key is not in
 // its store yet. ristretto queues the store of a key it does not hold and
 // rejects a second such store that reaches its queue before the first was

@@ -598,3 +598,21 @@ func TestSupersededIsStoredAndCosted(t *testing.T) {
 		t.Errorf("cost %d", cost)
 	}
 }
+
+// Update replaces a known entry as Record does: reads that stamped before
+// it cannot put their older version back.
+func TestUpdateInvalidatesEarlierReads(t *testing.T) {
+	c := newCache(t, Config{MaxEntries: 100})
+	c.Record("/doc", Version{Exists: true, ETag: `"v1"`})
+	c.Wait()
+	if _, ok := c.Get("/doc"); !ok {
+		t.Fatal("recorded version not found")
+	}
+	before := c.Stamp("/doc")
+	c.Update("/doc", Version{Exists: true, ETag: `"v2"`})
+	c.Learn("/doc", before, Version{Exists: true, ETag: `"v1"`})
+	c.Wait()
+	if v, ok := c.Get("/doc"); !ok || v.ETag != `"v2"` {
+		t.Fatalf("after Update and an earlier read: %+v, %v", v, ok)
+	}
+}
