@@ -351,6 +351,9 @@ func (hw *heldWrite) finish(status int, etag, lastModified string) {
 			hw.h.forgetShared(hw.key)
 		}
 	}
+	if hw.degraded {
+		unseenFor(hw.h.redis).add(hw.h, hw.key)
+	}
 	if hw.lease != nil {
 		var shared *etagcache.Version
 		if known {

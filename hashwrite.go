@@ -172,6 +172,9 @@ func (tw *taggingWriter) complete(err error, clientCtx context.Context, lockedRe
 	_, v, known, perr := hw.h.probeVersion(hw.r.WithContext(ctx), hw.next)
 	cancel()
 	hw.done = true
+	if hw.degraded {
+		unseenFor(hw.h.redis).add(hw.h, hw.key)
+	}
 	if perr != nil || !known || !hw.recordable || tw.status == http.StatusAccepted {
 		hw.h.cache.Forget(hw.key)
 		hw.endShared(true, nil)

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -164,6 +166,9 @@ func (h *Handler) lockShared(w http.ResponseWriter, r *http.Request, held *heldW
 	lease, err := h.redis.Lock(ctx, held.key)
 	if err == nil {
 		held.lease = lease
+		if unseenFor(h.redis).pending() {
+			h.catchUp(lease, held.key)
+		}
 		return nil
 	}
 	switch {
@@ -205,6 +210,117 @@ func (h *Handler) lockShared(w http.ResponseWriter, r *http.Request, held *heldW
 			retryAfter: 1,
 		})
 	}
+}
+
+// unseen lists, per Redis store, the resources written while it could not
+// be reached (on_store_error local): Redis may still hold the versions
+// those writes replaced, and must forget them before any instance trusts
+// them again.
+var unseen struct {
+	sync.Mutex
+	by map[*redisstore.Store]*unseenWrites
+}
+
+func unseenFor(s *redisstore.Store) *unseenWrites {
+	unseen.Lock()
+	defer unseen.Unlock()
+	if unseen.by == nil {
+		unseen.by = map[*redisstore.Store]*unseenWrites{}
+	}
+	u := unseen.by[s]
+	if u == nil {
+		u = &unseenWrites{}
+		unseen.by[s] = u
+	}
+	return u
+}
+
+// maxUnseen bounds the list; past it, what Redis holds is trusted again once
+// cache_ttl has passed (versions expire), and an error says so.
+const maxUnseen = 10_000
+
+type unseenWrites struct {
+	mu       sync.Mutex
+	keys     map[string]struct{}
+	overflow bool
+	any      atomic.Bool
+	retrying bool
+}
+
+// add notes a write Redis did not see, and makes sure something keeps
+// trying to tell Redis until it listens.
+func (u *unseenWrites) add(h *Handler, key string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.keys == nil {
+		u.keys = map[string]struct{}{}
+	}
+	if len(u.keys) < maxUnseen {
+		u.keys[key] = struct{}{}
+	} else {
+		u.overflow = true
+	}
+	u.any.Store(true)
+	if !u.retrying {
+		u.retrying = true
+		go h.retryCatchUp()
+	}
+}
+
+func (u *unseenWrites) pending() bool { return u.any.Load() }
+
+// unseenRetry is how often the versions of writes Redis did not see are
+// offered to it again: other instances trust what Redis holds, so the
+// window after Redis comes back, in which they could accept a write naming
+// a version replaced meanwhile, lasts about this long.
+const unseenRetry = 250 * time.Millisecond
+
+func (h *Handler) retryCatchUp() {
+	for {
+		time.Sleep(unseenRetry)
+		if h.catchUp(nil, "") {
+			return
+		}
+	}
+}
+
+// catchUp makes Redis forget the versions of the writes it did not see,
+// and reports whether it did (or nothing was left to forget). If key is
+// one of them, lease must not trust the version it found.
+func (h *Handler) catchUp(lease *redisstore.Lease, key string) bool {
+	unseen := unseenFor(h.redis)
+	unseen.mu.Lock()
+	defer unseen.mu.Unlock()
+	if len(unseen.keys) == 0 && !unseen.overflow {
+		unseen.retrying = false
+		return true
+	}
+	if _, ok := unseen.keys[key]; ok && lease != nil {
+		lease.Distrust()
+	}
+	keys := make([]string, 0, len(unseen.keys))
+	for k := range unseen.keys {
+		keys = append(keys, k)
+	}
+	ctx, cancel := h.storeCtx()
+	defer cancel()
+	if err := h.redis.ForgetAll(ctx, keys); err != nil {
+		if c := h.logger.Check(zapcore.DebugLevel, "could not yet make Redis forget the versions written while it was unreachable"); c != nil {
+			c.Write(zap.Int("resources", len(keys)), zap.Error(err))
+		}
+		return false
+	}
+	if unseen.overflow {
+		if c := h.logger.Check(zapcore.ErrorLevel, "more resources were written while Redis was unreachable than could be remembered; Redis may hold stale versions of some until cache_ttl passes"); c != nil {
+			c.Write(zap.Int("remembered", maxUnseen))
+		}
+	}
+	unseen.keys, unseen.overflow, unseen.retrying = nil, false, false
+	unseen.any.Store(false)
+	if c := h.logger.Check(zapcore.InfoLevel, "Redis reachable again; forgot the versions of the resources written without it"); c != nil {
+		c.Write(zap.Int("resources", len(keys)))
+	}
+	return true
 }
 
 // endShared releases the Redis lock: record says a write was forwarded, and

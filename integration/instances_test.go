@@ -364,3 +364,42 @@ func TestKilledInstanceLockExpires(t *testing.T) {
 		t.Fatalf("backend holds %q", got)
 	}
 }
+
+// With on_store_error local, an instance that wrote while Redis was away
+// makes Redis forget that resource's version once it is back: otherwise
+// another instance would trust the version the write replaced.
+func TestWritesWithoutRedisAreForgottenWhenItReturns(t *testing.T) {
+	srv := redistest.StartDurable(t)
+	store := newStore(map[string]string{"/doc": "v0"})
+	upstream := startBackend(t, store)
+	opts := fmt.Sprintf("\t\tstore redis %s {\n\t\t\tlock_ttl 1s\n\t\t\ttimeout 300ms\n\t\t}\n\t\ton_store_error local", srv.Addr)
+	a, b := startInstance(t, guardSite(upstream, opts)), startInstance(t, guardSite(upstream, opts))
+
+	tag0 := send(t, "GET", a.base+"/doc", "").header.Get("ETag")
+	tag1 := send(t, "PUT", a.base+"/doc", "v1", "If-Match: "+tag0).header.Get("ETag")
+	if tag1 == "" {
+		t.Fatal("no tag for v1")
+	}
+	srv.Stop() // Redis keeps v1 as the current version
+	if r := send(t, "PUT", a.base+"/doc", "v2", "If-Match: "+tag1); r.status != 200 {
+		t.Fatalf("write without Redis: %d %s", r.status, r.body)
+	}
+	srv.Restart()
+
+	rdb := srv.Client()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		n, err := rdb.HExists(context.Background(), "write_guard:ver:{/doc}", "e").Result()
+		if err == nil && !n {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Redis still holds the version the write without it replaced")
+		}
+	}
+	if r := send(t, "PUT", b.base+"/doc", "v3 over v1", "If-Match: "+tag1); r.status != http.StatusPreconditionFailed {
+		t.Fatalf("write through the other instance naming the replaced version: %d", r.status)
+	}
+	if got := mustBody(t, store, "/doc"); got != "v2" {
+		t.Fatalf("backend holds %q", got)
+	}
+}

@@ -287,6 +287,22 @@ func (l *Lease) renew() {
 	}
 }
 
+// Distrust drops the version found with the lock: the holder knows of a
+// write Redis has not seen.
+func (l *Lease) Distrust() { l.found, l.known = etagcache.Version{}, false }
+
+// ForgetAll makes the versions of keys unknown, in one round trip.
+func (s *Store) ForgetAll(ctx context.Context, keys []string) error {
+	pipe := s.rdb.Pipeline()
+	for _, k := range keys {
+		// Eval, not Run: a pipeline cannot fall back from EVALSHA when the
+		// script is not loaded, as on a Redis that has just restarted.
+		forget.Eval(ctx, pipe, s.keys(k), s.versionTTL)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
 // Found returns the version Redis held when the lock was taken, if any.
 func (l *Lease) Found() (etagcache.Version, bool) { return l.found, l.known }
 

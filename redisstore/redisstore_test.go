@@ -263,3 +263,31 @@ func TestConfig(t *testing.T) {
 		}
 	}
 }
+
+// ForgetAll works on a Redis that has not loaded the store's scripts, as
+// after a restart.
+func TestForgetAllAfterScriptsFlushed(t *testing.T) {
+	srv := redistest.Start(t)
+	s := newStore(t, srv, Config{})
+	ctx := context.Background()
+	for _, k := range []string{"/a", "/b"} {
+		lock(t, s, k).Record(ctx, &etagcache.Version{Exists: true, ETag: `"v1"`})
+	}
+	if err := srv.Client().ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ForgetAll(ctx, []string{"/a", "/b"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"/a", "/b"} {
+		if _, known, _, _, _ := s.Peek(ctx, k); known {
+			t.Errorf("%s still known", k)
+		}
+	}
+	l := lock(t, s, "/a")
+	if _, known := l.Found(); known {
+		t.Error("found a forgotten version")
+	}
+	l.Distrust()
+	l.Restore(ctx, nil)
+}

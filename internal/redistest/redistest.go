@@ -26,12 +26,21 @@ type Server struct {
 	port int
 	dir  string
 	cmd  *exec.Cmd
+	// durable: an append-only file, synced on every write.
+	durable bool
 }
+
+// StartDurable is Start with every write appended to a file before it is
+// acknowledged, so that a server killed and restarted comes back with its
+// data, as after a network partition.
+func StartDurable(t testing.TB) *Server { return start(t, true) }
 
 // Start runs redis-server on a free loopback port until the test ends. A
 // machine without redis-server skips the test, unless CI is set: CI
 // installs it, and a test that did not run must not pass there.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB) *Server { return start(t, false) }
+
+func start(t testing.TB, durable bool) *Server {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		if os.Getenv("CI") != "" {
@@ -45,18 +54,23 @@ func Start(t testing.TB) *Server {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	s := &Server{t: t, port: port, Addr: "127.0.0.1:" + strconv.Itoa(port), dir: t.TempDir()}
+	s := &Server{t: t, port: port, Addr: "127.0.0.1:" + strconv.Itoa(port), dir: t.TempDir(), durable: durable}
 	s.Restart()
 	t.Cleanup(s.Stop)
 	return s
 }
 
-// Restart starts the server again on its port, empty, after Stop.
+// Restart starts the server again on its port after Stop: empty, unless
+// the server is durable.
 func (s *Server) Restart() {
 	s.t.Helper()
-	s.cmd = exec.Command("redis-server",
+	appendOnly := []string{"--appendonly", "no"}
+	if s.durable {
+		appendOnly = []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
+	s.cmd = exec.Command("redis-server", append([]string{
 		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir)
+		"--save", "", "--dir", s.dir}, appendOnly...)...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}
