@@ -47,6 +47,7 @@ func main() {
 	writeDelay := flag.Duration("write-delay", 5*time.Millisecond, "how long the backend takes to apply the lost-update workload's writes")
 	contention := flag.Duration("contention", 10*time.Second, "length of the contention and lost-update runs")
 	memLimit := flag.String("gc-memlimit", "256MiB", "run every process with GOGC=off and this GOMEMLIMIT (empty: Go's defaults)")
+	profile := flag.Duration("profile", 20*time.Second, "length of the profiled run after each workload (0: none)")
 	phases := flag.String("phases", "wrk,contention,lost", "what to run: wrk (the A/B/B/A runs), contention, lost (the lost-update workload)")
 	flag.Parse()
 	run := func(phase string) bool { return slices.Contains(strings.Split(*phases, ","), phase) }
@@ -167,18 +168,21 @@ func main() {
 				}
 			}
 			report(wl.name, plain.name, guarded.name, results[plain], results[guarded], perf)
-			// One more guarded run, profiled.
-			share := make(chan float64, 1)
-			go func() {
-				v, err := guardShare(guarded.admin(), *caddyBin, dir, *duration-time.Second)
-				if err != nil {
-					log.Printf("profile: %v", err)
+			// One more guarded run, profiled: at 100 samples a second, a
+			// share of a few percent needs a long one.
+			if *profile > 0 {
+				share := make(chan float64, 1)
+				go func() {
+					v, err := guardShare(guarded.admin(), *caddyBin, dir, *profile)
+					if err != nil {
+						log.Printf("profile: %v", err)
+					}
+					share <- v
+				}()
+				runWrk(*loadCPU, 2, *conns, *profile+time.Second, luaFile, guarded, false)
+				if v := <-share; v > 0 {
+					fmt.Printf("  the guard's share of %s's CPU samples (pprof, %v): %.1f%%, so a throughput ratio of about %.3f where Caddy is the bottleneck\n", guarded.name, *profile, v*100, 1-v)
 				}
-				share <- v
-			}()
-			runWrk(*loadCPU, 2, *conns, *duration, luaFile, guarded, false)
-			if v := <-share; v > 0 {
-				fmt.Printf("  the guard's share of the guarded Caddy's CPU samples (pprof, %v): %.1f%%, so a throughput ratio of about %.3f when Caddy is the bottleneck\n", *duration-time.Second, v*100, 1-v)
 			}
 		}
 	}
