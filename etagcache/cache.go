@@ -3,7 +3,9 @@ package etagcache
 import (
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
+	"math/bits"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -116,6 +118,15 @@ type Cache struct {
 	ttl     time.Duration
 	byBytes bool
 
+	// taught holds, per slot (by key hash), a fingerprint of the last version a read
+	// taught (key, version, generation), so that the reads that learn what
+	// is already known, nearly all of them, skip the lookup. An eviction or
+	// a refused store clears its stripe's fingerprint; a fingerprint that
+	// outlives its entry only makes reads skip teaching a version again,
+	// which the next write's version check does.
+	taught     []atomic.Uint64
+	taughtMask uint64
+
 	closeOnce sync.Once
 	closed    atomic.Bool
 	// storing is held shared by every store and delete, and exclusively by
@@ -145,9 +156,10 @@ type paddedCounter struct {
 // BenchmarkGetVsBaseline), a store saves an allocation, and the collector has
 // a million fewer objects to mark in a full cache.
 type entry struct {
-	ctr *atomic.Uint64 // the key's stripe, so that Get needs no second hash
-	gen uint64         // the stripe's value when v was learned or recorded
-	v   Version
+	ctr  *atomic.Uint64 // the key's stripe, so that Get needs no second hash
+	gen  uint64         // the stripe's value when v was learned or recorded
+	v    Version
+	slot uint64 // the key's place in taught
 }
 
 // valid reports whether no write to the key's stripe happened since v was
@@ -198,14 +210,18 @@ func New(cfg Config) (*Cache, error) {
 		MaxCost:            maxCost,
 		BufferItems:        64,
 		IgnoreInternalCost: true,
-		OnEvict: func(*ristretto.Item[entry]) {
+		OnEvict: func(it *ristretto.Item[entry]) {
+			c.taught[it.Value.slot].Store(0)
 			// Close empties the cache through the same callback; that is not
 			// an eviction anybody should see in a graph.
 			if !c.closed.Load() {
 				c.evictions.Add(1)
 			}
 		},
-		OnReject: func(*ristretto.Item[entry]) { c.rejections.Add(1) },
+		OnReject: func(it *ristretto.Item[entry]) {
+			c.taught[it.Value.slot].Store(0)
+			c.rejections.Add(1)
+		},
 		// An update of an existing key is applied at once, so a read that
 		// stamped before a write could replace the write's valid entry with
 		// its own dead one. Keep the newer of the two instead: entries of one
@@ -216,6 +232,10 @@ func New(cfg Config) (*Cache, error) {
 		return nil, fmt.Errorf("etagcache: %w", err)
 	}
 	c.rc = rc
+	// One slot per entry the cache holds when full (a power of two, at
+	// most 4M: 32 MiB), so that keys seldom share one.
+	slots := uint64(1) << bits.Len64(uint64(min(max(expected, 1024), 1<<22))-1)
+	c.taught, c.taughtMask = make([]atomic.Uint64, slots), slots-1
 	return c, nil
 }
 
@@ -236,14 +256,38 @@ func (c *Cache) Stamp(key string) Stamp { return c.gens.Stamp(key) }
 // store, and skipping the store keeps the entry's expiry where the first
 // observation put it.
 func (c *Cache) Learn(key string, s Stamp, v Version) {
-	ctr := c.gens.stripe(key)
+	h := c.gens.hash(key)
+	ctr := &c.gens.stripes[h&c.gens.mask]
 	if s.ctr != ctr || !s.current() {
 		return
 	}
+	slot := h & c.taughtMask
+	fp := c.fingerprint(h, s.gen, v)
+	if c.taught[slot].Load() == fp {
+		return
+	}
+	// Noted before the store, so that an eviction or refusal that follows
+	// it clears the note.
+	c.taught[slot].Store(fp)
 	if e, ok := c.lookup(key); ok && e.ctr == ctr && e.gen == s.gen && e.v.same(v) {
 		return
 	}
-	c.store(key, entry{ctr: ctr, gen: s.gen, v: v})
+	if !c.store(key, entry{ctr: ctr, gen: s.gen, v: v, slot: slot}) {
+		c.taught[slot].CompareAndSwap(fp, 0)
+	}
+}
+
+// fingerprint condenses a key (by its hash), a generation and a version.
+// Two different ones that collide make a read skip teaching its version:
+// the cache forgets, it does not lie.
+func (c *Cache) fingerprint(keyHash, gen uint64, v Version) uint64 {
+	x := keyHash ^ bits.RotateLeft64(maphash.String(c.gens.seed, v.ETag), 23)
+	x ^= gen * 0x9E3779B97F4A7C15
+	x ^= uint64(v.LastModified.Unix()) * 0xC2B2AE3D27D4EB4F
+	if v.Exists {
+		x = ^x
+	}
+	return x | 1 // 0 is "nothing taught"
 }
 
 // Record notes that a write to key completed and left it in state v. Every
@@ -252,10 +296,11 @@ func (c *Cache) Learn(key string, s Stamp, v Version) {
 // place unless ristretto drops or rejects it. The caller must hold the key's
 // write lock.
 func (c *Cache) Record(key string, v Version) {
-	ctr := c.gens.stripe(key)
+	h := c.gens.hash(key)
+	ctr, slot := &c.gens.stripes[h&c.gens.mask], h&c.taughtMask
 	gen := ctr.Add(1)
 	c.settle(key)
-	c.store(key, entry{ctr: ctr, gen: gen, v: v})
+	c.store(key, entry{ctr: ctr, gen: gen, v: v, slot: slot})
 }
 
 // Update is Record for a key whose valid entry the caller found (Get) while
@@ -264,9 +309,10 @@ func (c *Cache) Record(key string, v Version) {
 // needed. Were the entry evicted meanwhile, the store may be dropped, which
 // costs the next write a version check.
 func (c *Cache) Update(key string, v Version) {
-	ctr := c.gens.stripe(key)
+	h := c.gens.hash(key)
+	ctr, slot := &c.gens.stripes[h&c.gens.mask], h&c.taughtMask
 	gen := ctr.Add(1)
-	c.store(key, entry{ctr: ctr, gen: gen, v: v})
+	c.store(key, entry{ctr: ctr, gen: gen, v: v, slot: slot})
 }
 
 // settle lets ristretto apply the stores already queued when key is not in
@@ -336,7 +382,9 @@ func (c *Cache) lookup(key string) (entry, bool) {
 	return c.rc.Get(key)
 }
 
-func (c *Cache) store(key string, e entry) {
+// store reports whether ristretto took the entry (it may still refuse a
+// new key later, through OnReject).
+func (c *Cache) store(key string, e entry) bool {
 	cost := int64(1)
 	if c.byBytes {
 		cost = EntryOverhead + int64(len(e.v.ETag))
@@ -347,11 +395,13 @@ func (c *Cache) store(key string, e entry) {
 	c.storing.RLock()
 	defer c.storing.RUnlock()
 	if c.closed.Load() {
-		return
+		return false
 	}
 	if !c.rc.SetWithTTL(key, e, cost, c.ttl) {
 		c.drops.Add(1)
+		return false
 	}
+	return true
 }
 
 // Stats counts what the cache did since it was created.

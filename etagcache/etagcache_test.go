@@ -616,3 +616,54 @@ func TestUpdateInvalidatesEarlierReads(t *testing.T) {
 		t.Fatalf("after Update and an earlier read: %+v, %v", v, ok)
 	}
 }
+
+// Reads that teach what is already known skip the lookup; the shortcut must
+// never hide a different version, nor outlive an eviction.
+func TestTaughtVersionShortcut(t *testing.T) {
+	c := newCache(t, Config{MaxEntries: 100})
+	v1, v2 := Version{Exists: true, ETag: `"v1"`}, Version{Exists: true, ETag: `"v2"`}
+	c.Learn("/doc", c.Stamp("/doc"), v1)
+	c.Wait()
+	c.Learn("/doc", c.Stamp("/doc"), v1) // skipped
+	if v, ok := c.Get("/doc"); !ok || v.ETag != `"v1"` {
+		t.Fatalf("Get = %+v, %v", v, ok)
+	}
+	// Changed behind the proxy's back: a read shows another version.
+	c.Learn("/doc", c.Stamp("/doc"), v2)
+	c.Wait()
+	if v, ok := c.Get("/doc"); !ok || v.ETag != `"v2"` {
+		t.Fatalf("after a read of another version: %+v, %v", v, ok)
+	}
+	// Gone from ristretto (as by eviction): the next read teaches it again.
+	s := c.Stamp("/doc")
+	c.rc.Del("/doc")
+	c.Wait()
+	c.taught[c.gens.hash("/doc")&c.taughtMask].Store(0) // Del is no eviction; OnEvict clears it
+	c.Learn("/doc", s, v2)
+	c.Wait()
+	if _, ok := c.Get("/doc"); !ok {
+		t.Fatal("a read did not teach a version the cache had lost")
+	}
+}
+
+// An evicted entry's stripe forgets what it taught.
+func TestEvictionClearsTaught(t *testing.T) {
+	c := newCache(t, Config{MaxEntries: 10})
+	for i := range 2000 {
+		k := "/k/" + strconv.Itoa(i)
+		c.Learn(k, c.Stamp(k), Version{Exists: true, ETag: `"v"`})
+		if i%100 == 0 {
+			c.Wait()
+		}
+	}
+	c.Wait()
+	// Every key that is not in the cache must not be marked as taught.
+	for i := range 2000 {
+		k := "/k/" + strconv.Itoa(i)
+		h := c.gens.hash(k)
+		fp := c.fingerprint(h, c.Stamp(k).gen, Version{Exists: true, ETag: `"v"`})
+		if _, ok := c.Peek(k); !ok && c.taught[h&c.taughtMask].Load() == fp {
+			t.Fatalf("%s is gone but marked as taught", k)
+		}
+	}
+}

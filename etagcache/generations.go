@@ -48,8 +48,11 @@ func (g *Generations) Len() int { return len(g.stripes) }
 
 // stripe returns the counter that key maps to.
 func (g *Generations) stripe(key string) *atomic.Uint64 {
-	return &g.stripes[maphash.String(g.seed, key)&g.mask]
+	return &g.stripes[g.hash(key)&g.mask]
 }
+
+// hash is key's hash, whose low bits choose its stripe.
+func (g *Generations) hash(key string) uint64 { return maphash.String(g.seed, key) }
 
 // Stamp captures the current generation of key. Take it before asking the
 // upstream for the resource, and store the answer with Cache.Learn: if a
