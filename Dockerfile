@@ -13,7 +13,7 @@ COPY . .
 ARG CADDY_OUT=/usr/bin/caddy
 # xcaddy.json pins Caddy and the plugins; tools/ pins xcaddy itself.
 RUN go -C tools run ./buildcaddy -config ../xcaddy.json -output "${CADDY_OUT}"
-RUN "${CADDY_OUT}" list-modules | grep -qx http.handlers.write_guard
+RUN "${CADDY_OUT}" list-modules | grep -x http.handlers.write_guard >/dev/null
 
 FROM caddy:${CADDY_VERSION}
 COPY --from=builder /usr/bin/caddy /usr/bin/caddy
