@@ -61,6 +61,32 @@ func startCaddy(t *testing.T, site string) *caddytest.Tester {
 	return tester
 }
 
+// waitLearned waits until the guard's cache holds a version of the resource
+// at key ("localhost/doc"): ristretto applies the store of a new key
+// asynchronously, so a write right after the read that taught it may still
+// find the cache empty and ask the upstream.
+func waitLearned(t *testing.T, key string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		resp, err := http.Get("http://localhost:2999/write_guard/resource?key=" + key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var s struct {
+			Caches []struct{ Known bool } `json:"caches"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&s)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("admin resource view: %v", err)
+		}
+		if len(s.Caches) > 0 && s.Caches[0].Known {
+			return
+		}
+	}
+	t.Fatalf("the cache never learned %s", key)
+}
+
 // unloadSites loads a config without sites, so that the guard's caches end
 // with the test: what one test's writes taught them must not decide the
 // next test's writes (a config with the same cache settings would share
