@@ -397,6 +397,24 @@ func TestMaxBytes(t *testing.T) {
 	}
 }
 
+// settledHeap collects garbage until the live heap stops shrinking, and
+// returns it.
+func settledHeap() uint64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	for range 100 {
+		prev := m.HeapAlloc
+		time.Sleep(10 * time.Millisecond)
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		if m.HeapAlloc+m.HeapAlloc/200 >= prev {
+			break
+		}
+	}
+	return m.HeapAlloc
+}
+
 // TestEntryOverhead checks that a cache bounded by bytes really uses about
 // that much memory.
 func TestEntryOverhead(t *testing.T) {
@@ -411,11 +429,11 @@ func TestEntryOverhead(t *testing.T) {
 		etags[i] = fmt.Sprintf(`"%022x"`, i)
 	}
 	gens := NewGenerations(DefaultStripes)
-	// Caches closed by earlier tests release their memory a moment later.
+	// Caches closed by earlier tests release their memory a moment later,
+	// once ristretto's goroutines have seen the close: on a busy machine,
+	// after several collections.
 	closing.Wait()
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&before)
+	before := settledHeap()
 	c := newCache(t, Config{MaxBytes: n * (EntryOverhead + 24), Generations: gens})
 	for i := range keys {
 		c.Record(keys[i], Version{Exists: true, ETag: etags[i]})
@@ -424,10 +442,9 @@ func TestEntryOverhead(t *testing.T) {
 		}
 	}
 	c.Wait()
-	runtime.GC()
-	runtime.ReadMemStats(&after)
+	after := settledHeap()
 	// The ETags existed before the cache did; count them as the cache's.
-	heap := float64(after.HeapAlloc) - float64(before.HeapAlloc) + float64(n*24)
+	heap := float64(after) - float64(before) + float64(n*24)
 	s := c.Stats()
 	ratio := heap / float64(s.Cost)
 	t.Logf("%d entries, cost %d, heap %.0f bytes: %.2f bytes of heap per unit of cost", s.Cost/(EntryOverhead+24), s.Cost, heap, ratio)
