@@ -67,8 +67,14 @@ func startCaddy(t *testing.T, site string) *caddytest.Tester {
 // find the cache empty and ask the upstream.
 func waitLearned(t *testing.T, key string) {
 	t.Helper()
+	waitLearnedAt(t, "http://localhost:2999", key)
+}
+
+// waitLearnedAt is waitLearned for the Caddy whose admin endpoint is admin.
+func waitLearnedAt(t *testing.T, admin, key string) {
+	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		resp, err := http.Get("http://localhost:2999/write_guard/resource?key=" + key)
+		resp, err := http.Get(admin + "/write_guard/resource?key=" + key)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,7 +90,7 @@ func waitLearned(t *testing.T, key string) {
 			return
 		}
 	}
-	t.Fatalf("the cache never learned %s", key)
+	t.Fatalf("the cache behind %s never learned %s", admin, key)
 }
 
 // unloadSites loads a config without sites, so that the guard's caches end

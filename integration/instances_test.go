@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -132,25 +131,10 @@ func redisOpts(srv *redistest.Server, extra string) string {
 	return fmt.Sprintf("\t\tstore redis %s {\n\t\t\tlock_ttl 1s\n\t\t}\n%s", srv.Addr, extra)
 }
 
-// cacheKnows waits until the instance's own cache holds a version of key
-// (ristretto applies the store of a new key asynchronously).
+// cacheKnows waits until the instance's own cache holds a version of key.
 func (i *instance) cacheKnows(t *testing.T, key string) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		resp, err := http.Get(i.admin + "/write_guard/resource?key=" + key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var s struct {
-			Caches []struct{ Known bool } `json:"caches"`
-		}
-		json.NewDecoder(resp.Body).Decode(&s)
-		resp.Body.Close()
-		if len(s.Caches) > 0 && s.Caches[0].Known {
-			return
-		}
-	}
-	t.Fatalf("%s never learned %s", i.base, key)
+	waitLearnedAt(t, i.admin, key)
 }
 
 func send(t *testing.T, method, url, body string, headers ...string) response {
