@@ -9,15 +9,21 @@ import (
 	"github.com/writeguard/caddy-writeguard/internal/redistest"
 )
 
-// BenchmarkLockRecord is what a guarded write asks of Redis: take the lock
-// with the version, release it with the new one.
-func BenchmarkLockRecord(b *testing.B) {
+// benchStore is a Store on a redis-server of the benchmark's own.
+func benchStore(b *testing.B) *Store {
 	srv := redistest.Start(b)
 	s, err := New(Config{Addrs: []string{srv.Addr}})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer s.Close()
+	b.Cleanup(func() { s.Close() })
+	return s
+}
+
+// BenchmarkLockRecord is what a guarded write asks of Redis: take the lock
+// with the version, release it with the new one.
+func BenchmarkLockRecord(b *testing.B) {
+	s := benchStore(b)
 	ctx := context.Background()
 	v := etagcache.Version{Exists: true, ETag: `"v1"`}
 	b.ReportAllocs()
@@ -35,12 +41,7 @@ func BenchmarkLockRecord(b *testing.B) {
 // BenchmarkPing is one round trip to the same Redis: the floor of each
 // step.
 func BenchmarkPing(b *testing.B) {
-	srv := redistest.Start(b)
-	s, err := New(Config{Addrs: []string{srv.Addr}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := benchStore(b)
 	ctx := context.Background()
 	for b.Loop() {
 		if err := s.Ping(ctx); err != nil {
