@@ -23,7 +23,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		methods         <method...>       # default: PUT PATCH DELETE
 //		blind           428|409|allow     # default: 428
 //		etag_match      default|strict    # default: default
-//		key             <template>        # default: {http.request.host}{http.request.uri.path}
+//		key             <template>        # default: {http.write_guard.site}{http.request.uri.path}
 //		lock_timeout    <duration>        # default: 30s
 //		cache_size      <entries>|<size>  # default: 1000000 (entries); a size such as 64MiB bounds memory
 //		cache_ttl       <duration>        # default: 10m
@@ -34,6 +34,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_body_memory <size>            # default: 1MiB (the rest of a body goes to a temporary file)
 //		max_waiters     <n>               # default: 128
 //		write_timeout   <duration>        # default: 30s
+//		revalidate_abandoned <duration>   # default: 10m
 //		method_override <field...>|off    # default: X-HTTP-Method-Override X-HTTP-Method X-Method-Override
 //		key_trailing_slash ignore|keep    # default: ignore
 //		key_case_insensitive              # default: off
@@ -217,6 +218,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.WriteTimeout = dur
+		case "revalidate_abandoned":
+			dur, err := parseDuration(d)
+			if err != nil {
+				return err
+			}
+			h.RevalidateAbandoned = dur
 		case "method_override":
 			fields := d.RemainingArgs()
 			switch {

@@ -69,17 +69,19 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				max_body_memory 256KiB
 				max_waiters 16
 				write_timeout 1m
+				revalidate_abandoned 2m
 				method_override X-Tunnel-Method X-HTTP-Method-Override
 				key_trailing_slash keep
 				key_case_insensitive
 			}`,
 			want: Handler{
-				MaxBodyMemory:      256 << 10,
-				MaxWaiters:         16,
-				WriteTimeout:       caddy.Duration(time.Minute),
-				MethodOverride:     []string{"X-Tunnel-Method", "X-HTTP-Method-Override"},
-				KeyTrailingSlash:   "keep",
-				KeyCaseInsensitive: true,
+				MaxBodyMemory:       256 << 10,
+				MaxWaiters:          16,
+				WriteTimeout:        caddy.Duration(time.Minute),
+				RevalidateAbandoned: caddy.Duration(2 * time.Minute),
+				MethodOverride:      []string{"X-Tunnel-Method", "X-HTTP-Method-Override"},
+				KeyTrailingSlash:    "keep",
+				KeyCaseInsensitive:  true,
 			},
 		},
 		{name: "method_override off", input: "write_guard {\nmethod_override off\n}", want: Handler{MethodOverrideOff: true}},

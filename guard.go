@@ -101,13 +101,18 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	r = r.WithContext(ctx)
 
 	waitStart := time.Now()
-	if !h.locks.TryLock(key) {
+	fenced, err := h.enterFence(ctx, r.URL.EscapedPath())
+	if err == nil && !h.locks.TryLock(key) {
 		// Contended: most writes that wait now name a version the one
 		// ahead of them is about to replace, or has replaced.
 		if refused, err := h.refuseSuperseded(w, r, key, cond); refused {
+			fenced.leave(h)
 			return err
 		}
 		err = h.lock(ctx, key)
+		if err != nil {
+			fenced.leave(h)
+		}
 	}
 	waited := time.Since(waitStart)
 	observeLockWait(waited)
@@ -133,7 +138,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		})
 	}
 	held := &heldWrite{
-		h: h, key: key, method: method, locked: true,
+		h: h, key: key, method: method, locked: true, fence: fenced,
 		// A write whose method was overridden may be applied as either.
 		recordable: h.learnsFrom(r) && method == r.Method,
 		r:          r, next: next,
@@ -141,6 +146,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	// Whatever happens below, including a panic in a later handler, the lock
 	// is released; a write whose outcome was never seen forgets the version.
 	defer held.finish(0, "", "")
+	held.distrust = h.abandoned != nil && h.abandoned.distrusts(key, time.Now(), h.cache.Forget, h.forgetAll)
 	if h.redis != nil {
 		if refusal := h.lockShared(w, r, held, waitStart.Add(time.Duration(h.LockTimeout))); refusal != nil {
 			held.release()
@@ -220,7 +226,9 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		return err
 	}
 	// The upstream never answered: the write may or may not have been
-	// applied, so the version is forgotten and the client told as much.
+	// applied, now or later, so the version is forgotten, distrusted for a
+	// while (abandon.go), and the client told as much.
+	h.abandon(held.key)
 	held.finish(0, "", "")
 	return h.upstreamFailed(w, r, ctx, err)
 }
@@ -231,7 +239,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 // replaced. Confirming each with the upstream under the lock would turn a
 // hot resource into a convoy of version checks.
 func (h *Handler) refuseSuperseded(w http.ResponseWriter, r *http.Request, key string, cond precondition.Conditions) (bool, error) {
-	if cond.IfMatch == nil || !h.learnsFrom(r) || h.revalidateAlways || h.redis != nil {
+	if cond.IfMatch == nil || !h.learnsFrom(r) || !h.trustsCache() || h.redis != nil {
 		// With Redis, the process's cache must not decide a write.
 		return false, nil
 	}
@@ -328,6 +336,12 @@ type heldWrite struct {
 	// not be reached and the write is guarded by this process alone.
 	lease    *redisstore.Lease
 	degraded bool
+	// distrust: a write of the resource was abandoned lately, so its
+	// version is asked of the upstream and what this write makes is not
+	// recorded.
+	distrust bool
+	// fence is held besides the lock while configurations overlap.
+	fence fence
 	// r (with the client's context, not the write's) and next let a guard
 	// with `etags hash` ask for the new version.
 	r    *http.Request
@@ -364,6 +378,7 @@ func (hw *heldWrite) finish(status int, etag, lastModified string) {
 	}
 	if hw.locked {
 		hw.h.locks.Unlock(hw.key)
+		hw.fence.leave(hw.h)
 	}
 }
 
@@ -376,6 +391,7 @@ func (hw *heldWrite) release() {
 	hw.endShared(false, hw.current)
 	if hw.locked {
 		hw.h.locks.Unlock(hw.key)
+		hw.fence.leave(hw.h)
 	}
 }
 
@@ -421,7 +437,7 @@ func (h *Handler) lock(ctx context.Context, key string) error {
 func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, held *heldWrite, next caddyhttp.Handler) (state precondition.State, cached etagcache.Version, fromCache bool, refusal func() error) {
 	// The cache knows the keyed resource, which need not be what a URL
 	// with a query selects.
-	if h.learnsFrom(r) && !h.revalidateAlways {
+	if h.learnsFrom(r) && h.trustsCache() && !held.distrust {
 		switch {
 		case held.lease != nil:
 			if v, ok := held.lease.Found(); ok {
@@ -438,6 +454,21 @@ func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, held *hel
 	}
 	state, refusal = h.probeState(w, r, held.key, next)
 	return state, etagcache.Version{}, false, refusal
+}
+
+// abandon notes that a write of key was given up before the upstream
+// answered it.
+func (h *Handler) abandon(key string) {
+	if h.abandoned != nil {
+		h.abandoned.mark(key, time.Now(), time.Duration(h.RevalidateAbandoned), time.Duration(h.CacheTTL))
+	}
+}
+
+// trustsCache reports whether a write may be decided on a cached version:
+// not with revalidate always, nor while another serving configuration names
+// resources otherwise (reload.go).
+func (h *Handler) trustsCache() bool {
+	return !h.revalidateAlways && (h.unsettled == nil || !h.unsettled.Load())
 }
 
 // stateKnown reports whether a version check's answer named the version:
@@ -479,6 +510,10 @@ func (h *Handler) record(hw *heldWrite, status int, etag, lastModified string) (
 
 // recordLocally stores the version the write made in the process's cache.
 func (hw *heldWrite) recordLocally(v etagcache.Version) {
+	if hw.distrust {
+		hw.h.cache.Forget(hw.key)
+		return
+	}
 	if hw.cached {
 		hw.h.cache.Update(hw.key, v)
 	} else {

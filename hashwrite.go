@@ -187,6 +187,7 @@ func (tw *taggingWriter) complete(err error, clientCtx context.Context, lockedRe
 		}
 	}
 	hw.h.locks.Unlock(hw.key)
+	hw.fence.leave(hw.h)
 	if perr == nil && known && v.Exists && v.ETag != "" && tw.status != http.StatusAccepted {
 		tw.Header().Set("Etag", v.ETag)
 	}

@@ -29,8 +29,8 @@ func canonicalKeyTemplate(template string) string {
 
 // resourceKey names the resource r targets. Requests with equal keys share
 // a lock and a cached version, so spellings of one URL that backends resolve
-// to one resource (//doc, /./doc, /%64oc, example.com:1234/doc) give one
-// key.
+// to one resource (//doc, /./doc, /%64oc, www.example.com/doc for a site
+// named example.com and www.example.com) give one key.
 func (h *Handler) resourceKey(r *http.Request) string {
 	if h.keyTemplate != "" {
 		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
@@ -45,8 +45,11 @@ func (h *Handler) resourceKey(r *http.Request) string {
 			repl.Set("http.write_guard.query", query)
 			repl.Set("http.write_guard.uri", uri)
 			repl.Set("http.write_guard.host", reskey.HostName(r.Host))
+			if h.keyHasSite {
+				repl.Set("http.write_guard.site", h.siteOf(r))
+			}
 			return repl.ReplaceAll(h.keyTemplate, "")
 		}
 	}
-	return reskey.HostName(r.Host) + reskey.Path(r.URL.EscapedPath(), h.keyOptions)
+	return h.siteOf(r) + reskey.Path(r.URL.EscapedPath(), h.keyOptions)
 }

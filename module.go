@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -38,7 +39,7 @@ const (
 	DefaultMaxBody      = 10 << 20
 	DefaultMaxWaiters   = 128
 	DefaultWriteTimeout = 30 * time.Second
-	defaultKey          = "{http.request.host}{http.request.uri.path}"
+	defaultKey          = "{http.write_guard.site}{http.request.uri.path}"
 )
 
 var defaultMethods = []string{http.MethodPut, http.MethodPatch, http.MethodDelete}
@@ -81,9 +82,13 @@ type Handler struct {
 
 	// Key identifies the resource a request targets: requests with the same
 	// key share one lock and one cached version, across the whole server.
-	// Placeholders are expanded. Default:
-	// "{http.request.host}{http.request.uri.path}", with the host
-	// lower-cased and a port of 80 or 443 dropped.
+	// Placeholders are expanded; {http.write_guard.site} is the site the
+	// request belongs to: the first host name of the site's host matcher
+	// whichever of its names the request used (with the port when the server
+	// listens on another than 80 or 443), the request's own host when only a
+	// wildcard matched it, and the server's listen address for a site that
+	// matches every host. Default:
+	// "{http.write_guard.site}{http.request.uri.path}".
 	Key string `json:"key,omitempty"`
 
 	// LockTimeout is how long a write may wait for another write to the
@@ -148,6 +153,15 @@ type Handler struct {
 	// Default: 30s.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
+	// RevalidateAbandoned is how long, after a write was abandoned (at
+	// write_timeout, or because the upstream or the client broke off before
+	// the upstream answered), every write of that resource is checked
+	// against the upstream instead of the cache: the upstream may still
+	// apply the abandoned write, and a version learned before it did must
+	// not be trusted. When the time is over, what was learned during it is
+	// forgotten. Default: 10m.
+	RevalidateAbandoned caddy.Duration `json:"revalidate_abandoned,omitempty"`
+
 	// MethodOverride lists the request header fields through which a
 	// client can ask a backend to treat a request as another method
 	// (X-HTTP-Method-Override: PUT on a POST). A request is guarded when
@@ -209,8 +223,23 @@ type Handler struct {
 	// does not, responses to requests with a query are no evidence of the
 	// keyed resource's version.
 	keyHasQuery bool
-	locks       *lockmgr.Manager
-	cache       *etagcache.Cache
+	// keyHasSite tells whether the key template names the site.
+	keyHasSite bool
+	sites      *siteCache
+	// server is the server the handler was provisioned for, config its
+	// configuration's guards, naming how it names resources (set once the
+	// configuration serves), and unsettled whether another configuration
+	// that serves names them otherwise (see reload.go).
+	server    *caddyhttp.Server
+	config    *liveConfig
+	naming    string
+	unsettled *atomic.Bool
+	// abandoned lists the resources whose write was abandoned lately;
+	// forgetAll makes every cache of the process forget everything.
+	abandoned *abandonedWrites
+	forgetAll func()
+	locks     *lockmgr.Manager
+	cache     *etagcache.Cache
 	// redis, when not nil, holds the locks and versions that decide writes.
 	redis    *redisstore.Store
 	poolKeys []string
@@ -263,6 +292,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.WriteTimeout == 0 {
 		h.WriteTimeout = caddy.Duration(DefaultWriteTimeout)
 	}
+	if h.RevalidateAbandoned == 0 {
+		h.RevalidateAbandoned = caddy.Duration(DefaultRevalidateAbandoned)
+	}
 	h.overrideFields = nil
 	if !h.MethodOverrideOff {
 		fields := h.MethodOverride
@@ -285,6 +317,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.keyHasQuery = h.keyHasQuery || strings.Contains(h.Key, p)
 	}
 	h.keyTemplate = canonicalKeyTemplate(h.Key)
+	h.keyHasSite = strings.Contains(h.keyTemplate, "{http.write_guard.site}")
+	h.sites = new(siteCache)
 	h.keyOptions = reskey.Options{
 		KeepTrailingSlash: h.KeyTrailingSlash == "keep",
 		CaseInsensitive:   h.KeyCaseInsensitive,
@@ -301,6 +335,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	shared := processState()
 	h.locks = shared.locks
+	h.abandoned = shared.abandoned
+	h.forgetAll = shared.generations.AdvanceAll
+	h.server = serverOf(ctx)
+	h.unsettled = new(atomic.Bool)
+	h.config = reloads.join(ctx.Done(), h, h.forgetAll)
 
 	cacheCfg := etagcache.Config{
 		MaxEntries:  h.CacheSize,
@@ -398,6 +437,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.WriteTimeout < 0 {
 		return fmt.Errorf("write_timeout must not be negative")
+	}
+	if h.RevalidateAbandoned < 0 {
+		return fmt.Errorf("revalidate_abandoned must not be negative")
 	}
 	if err := h.Store.validate(); err != nil {
 		return err

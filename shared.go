@@ -26,6 +26,7 @@ var pool = caddy.NewUsagePool()
 type sharedState struct {
 	locks       *lockmgr.Manager
 	generations *etagcache.Generations
+	abandoned   *abandonedWrites
 }
 
 // generationStripes sizes the process-wide version stamps (8 bytes each).
@@ -35,6 +36,7 @@ var processState = sync.OnceValue(func() *sharedState {
 	return &sharedState{
 		locks:       lockmgr.New(),
 		generations: etagcache.NewGenerations(generationStripes),
+		abandoned:   new(abandonedWrites),
 	}
 })
 

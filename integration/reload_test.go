@@ -1,0 +1,84 @@
+package integration
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// keyedConfig is a whole config whose one site keys resources with opts (a
+// write_guard block body, "" for the defaults).
+func keyedConfig(addr, opts, grace string) string {
+	return strings.Replace(globalOptions, "grace_period 1ns", "grace_period "+grace, 1) +
+		fmtSite(":9080 {\n\twrite_guard {\n%s\n\t}\n\treverse_proxy %s\n}\n", opts, addr)
+}
+
+const pathKey = "\t\tkey {http.request.uri.path}"
+
+// A reload that changes the key and a reload that changes it back must not
+// bring back the versions cached under the first key: writes made under the
+// second key never updated them.
+func TestKeyChangedAndBackRevivesNoVersion(t *testing.T) {
+	store := newStore(map[string]string{"/items/1": `{"v":1}`})
+	addr := startBackend(t, store)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	client := &http.Client{}
+
+	tester.InitServer(keyedConfig(addr, pathKey, "1ns"), "caddyfile")
+	v1 := do(t, client, http.MethodGet, "/items/1", "").header.Get("Etag")
+	waitLearned(t, "/items/1")
+
+	tester.InitServer(keyedConfig(addr, "", "1ns"), "caddyfile")
+	if r := do(t, client, http.MethodPut, "/items/1", `{"v":"b"}`, "If-Match: "+v1); r.status != http.StatusOK {
+		t.Fatalf("write under the second key: %d %s", r.status, r.body)
+	}
+
+	tester.InitServer(keyedConfig(addr, pathKey, "1ns"), "caddyfile")
+	if r := do(t, client, http.MethodPut, "/items/1", `{"v":"stale"}`, "If-Match: "+v1); r.status != http.StatusPreconditionFailed {
+		t.Fatalf("stale write after the key came back: %d %s, want 412", r.status, r.body)
+	}
+	if got := mustBody(t, store, "/items/1"); got != `{"v":"b"}` {
+		t.Fatalf("backend holds %s: the change made under the second key was lost", got)
+	}
+}
+
+// While the old configuration finishes its writes, the new one writes the
+// same resources under other keys: the two must still be serialized, and
+// neither may trust versions the other's writes made old.
+func TestKeyChangeReloadsDuringWrites(t *testing.T) {
+	resources := []string{"/rekey/a", "/rekey/b"}
+	store := hotStore(resources)
+	store.WriteDelay = 20 * time.Millisecond
+	addr := startBackend(t, store)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	tester.InitServer(keyedConfig(addr, pathKey, "10s"), "caddyfile")
+
+	wl := &workload{
+		base: caddyBase, resources: resources,
+		clients: 6, perClient: 20, think: time.Millisecond,
+		deadline: time.Now().Add(60 * time.Second),
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		wl.run(t)
+	}()
+	for _, opts := range []string{"", pathKey, "\t\tkey {http.request.uri.path}\n\t\tkey_case_insensitive", ""} {
+		time.Sleep(250 * time.Millisecond)
+		tester.InitServer(keyedConfig(addr, opts, "10s"), "caddyfile")
+	}
+	<-done
+
+	lost, acked := wl.lost(t, store)
+	t.Logf("%d acknowledged writes across 4 reloads that change the key, %d lost, %d refused, %d errors", acked, lost, wl.refused.Load(), wl.errors.Load())
+	if lost != 0 {
+		t.Errorf("%d acknowledged writes lost across reloads that change the key", lost)
+	}
+	if n := store.Overlaps(); n != 0 {
+		t.Errorf("%d writes to one resource overlapped at the backend during reloads", n)
+	}
+	if acked == 0 {
+		t.Error("no write was acknowledged")
+	}
+}
