@@ -238,6 +238,8 @@ type Handler struct {
 	// forgetAll makes every cache of the process forget everything.
 	abandoned *abandonedWrites
 	forgetAll func()
+	// reg is the process's live configurations.
+	reg *configRegistry
 	locks     *lockmgr.Manager
 	cache     *etagcache.Cache
 	// redis, when not nil, holds the locks and versions that decide writes.
@@ -335,11 +337,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	shared := processState()
 	h.locks = shared.locks
-	h.abandoned = shared.abandoned
+	// Set beforehand only by tests, which keep their handlers apart.
+	if h.abandoned == nil {
+		h.abandoned = shared.abandoned
+	}
+	if h.reg == nil {
+		h.reg = &reloads
+	}
 	h.forgetAll = shared.generations.AdvanceAll
 	h.server = serverOf(ctx)
 	h.unsettled = new(atomic.Bool)
-	h.config = reloads.join(ctx.Done(), h, h.forgetAll)
+	h.config = h.reg.join(ctx.Done(), h, h.forgetAll)
 
 	cacheCfg := etagcache.Config{
 		MaxEntries:  h.CacheSize,

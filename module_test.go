@@ -29,6 +29,14 @@ func newTestHandler(t *testing.T, h *Handler) *Handler {
 	if h.CacheSize == 0 && h.CacheBytes == 0 {
 		h.CacheSize = 10_000
 	}
+	// Each test's handler is a configuration of its own: writes abandoned
+	// and configurations loaded by other tests are none of its business.
+	if h.reg == nil {
+		h.reg = new(configRegistry)
+	}
+	if h.abandoned == nil {
+		h.abandoned = new(abandonedWrites)
+	}
 	if err := h.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -213,22 +213,22 @@ func (h *Handler) enterFence(ctx context.Context, path string) (fence, error) {
 		return fence{}, nil
 	}
 	if !cfg.active.Load() {
-		reloads.activate(cfg)
+		h.reg.activate(cfg)
 	}
 	cfg.writes.Add(1)
 	f := fence{cfg: cfg}
-	if !reloads.overlap.Load() {
+	if !h.reg.overlap.Load() {
 		cfg.unfenced.Add(1)
 		// Checked again after counting in: a configuration joining now
 		// either sees this write counted or is seen here.
-		if !reloads.overlap.Load() {
+		if !h.reg.overlap.Load() {
 			f.none = true
 			return f, nil
 		}
 		cfg.unfenced.Add(-1)
 	}
 	waitCtx, cancel := context.WithTimeout(ctx, time.Duration(h.LockTimeout))
-	err := reloads.awaitUnfenced(waitCtx, cfg)
+	err := h.reg.awaitUnfenced(waitCtx, cfg)
 	cancel()
 	if err != nil {
 		cfg.writes.Add(-1)

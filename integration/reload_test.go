@@ -49,14 +49,16 @@ func TestKeyChangedAndBackRevivesNoVersion(t *testing.T) {
 func TestKeyChangeReloadsDuringWrites(t *testing.T) {
 	resources := []string{"/rekey/a", "/rekey/b"}
 	store := hotStore(resources)
-	store.WriteDelay = 20 * time.Millisecond
+	// Writes long enough that the old configuration still has some under
+	// way when the new one takes its first.
+	store.WriteDelay = 100 * time.Millisecond
 	addr := startBackend(t, store)
 	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
 	tester.InitServer(keyedConfig(addr, pathKey, "10s"), "caddyfile")
 
 	wl := &workload{
 		base: caddyBase, resources: resources,
-		clients: 6, perClient: 20, think: time.Millisecond,
+		clients: 8, perClient: 12, think: time.Millisecond,
 		deadline: time.Now().Add(60 * time.Second),
 	}
 	done := make(chan struct{})
@@ -64,14 +66,15 @@ func TestKeyChangeReloadsDuringWrites(t *testing.T) {
 		defer close(done)
 		wl.run(t)
 	}()
-	for _, opts := range []string{"", pathKey, "\t\tkey {http.request.uri.path}\n\t\tkey_case_insensitive", ""} {
-		time.Sleep(250 * time.Millisecond)
+	caseless := pathKey + "\n\t\tkey_case_insensitive"
+	for _, opts := range []string{"", pathKey, caseless, "", caseless, pathKey} {
+		time.Sleep(300 * time.Millisecond)
 		tester.InitServer(keyedConfig(addr, opts, "10s"), "caddyfile")
 	}
 	<-done
 
 	lost, acked := wl.lost(t, store)
-	t.Logf("%d acknowledged writes across 4 reloads that change the key, %d lost, %d refused, %d errors", acked, lost, wl.refused.Load(), wl.errors.Load())
+	t.Logf("%d acknowledged writes across 6 reloads that change the key, %d lost, %d refused, %d errors", acked, lost, wl.refused.Load(), wl.errors.Load())
 	if lost != 0 {
 		t.Errorf("%d acknowledged writes lost across reloads that change the key", lost)
 	}
