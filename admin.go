@@ -1,13 +1,19 @@
 package writeguard
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/writeguard/caddy-writeguard/etagcache"
+	"github.com/writeguard/caddy-writeguard/reskey"
 )
 
 func init() {
@@ -18,11 +24,12 @@ func init() {
 // admin endpoint's own protections (listener, origins, remote admin):
 //
 //	GET    /write_guard/stats              locks held, writers waiting, cache counters
-//	GET    /write_guard/resource?key=<key> what the caches know of one resource
+//	GET    /write_guard/resource?key=<key> what the caches and Redis know of one resource
 //	DELETE /write_guard/resource?key=<key> forget it, so the next write asks the upstream
 //
-// A key is written as the guard builds it: by default the lower-cased host
-// without a default port, then the canonical path ("example.com/notes/1").
+// A key is written as the guard builds it, a site part and the path
+// ("example.com/notes/1"), but in any spelling that requests may use for
+// it: see lookupKeys.
 type adminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -100,11 +107,19 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, resp)
 }
 
-// resourceState is what one cache knows of a resource.
+// resourceState is what one cache, or one Redis store, knows of a
+// resource.
 type resourceState struct {
-	ETags string `json:"etags"`
-	TTL   string `json:"cache_ttl"`
+	ETags string `json:"etags,omitempty"`
+	TTL   string `json:"cache_ttl,omitempty"`
+	// KeyPrefix tells Redis stores apart.
+	KeyPrefix string `json:"key_prefix,omitempty"`
+	// Key is the spelling under which the state was found.
+	Key   string `json:"key,omitempty"`
 	Known bool   `json:"known"`
+	// Locked: a write holds the resource's Redis lock, and with it the
+	// version it found, which it puts back unless forgotten meanwhile.
+	Locked bool `json:"locked,omitempty"`
 	// Exists, ETag and LastModified are set when Known.
 	Exists       bool       `json:"exists,omitempty"`
 	ETag         string     `json:"etag,omitempty"`
@@ -115,42 +130,191 @@ type resourceState struct {
 }
 
 func (adminAPI) handleResource(w http.ResponseWriter, r *http.Request) error {
-	key := r.URL.Query().Get("key")
-	if key == "" {
+	given := r.URL.Query().Get("key")
+	if given == "" {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("the key query parameter is required")}
 	}
+	if r.Method != http.MethodGet && r.Method != http.MethodDelete {
+		return methodNotAllowed()
+	}
+	canonical, keys := lookupKeys(given)
 	var caches []sharedCache
+	var stores []sharedRedis
 	pool.Range(func(_, value any) bool {
-		if c, ok := value.(sharedCache); ok {
-			caches = append(caches, c)
+		switch v := value.(type) {
+		case sharedCache:
+			caches = append(caches, v)
+		case sharedRedis:
+			stores = append(stores, v)
 		}
 		return true
 	})
-	switch r.Method {
-	case http.MethodGet:
-		states := []resourceState{}
-		for _, c := range caches {
-			s := resourceState{ETags: c.etags, TTL: c.Config().TTL.String()}
-			if v, ok := c.Peek(key); ok {
-				s.Known, s.Exists, s.ETag, s.Superseded = true, v.Exists, v.ETag, v.Superseded
-				if !v.LastModified.IsZero() {
-					lm := v.LastModified.UTC()
-					s.LastModified = &lm
-				}
+	sort.Slice(caches, func(i, j int) bool {
+		a, b := caches[i], caches[j]
+		return a.etags+a.Config().TTL.String() < b.etags+b.Config().TTL.String()
+	})
+
+	cacheStates := make([]resourceState, 0, len(caches))
+	for _, c := range caches {
+		s := resourceState{ETags: c.etags, TTL: c.Config().TTL.String()}
+		for _, k := range keys {
+			if v, ok := c.Peek(k); ok {
+				s.Key = k
+				s.setVersion(v)
+				break
 			}
-			states = append(states, s)
 		}
-		return writeJSON(w, map[string]any{"key": key, "caches": states})
-	case http.MethodDelete:
-		// Forgetting needs no lock: it can only make a write ask the
-		// upstream.
-		for _, c := range caches {
-			c.Forget(key)
-		}
-		w.WriteHeader(http.StatusNoContent)
-		return nil
+		cacheStates = append(cacheStates, s)
 	}
-	return methodNotAllowed()
+	storeStates, err := lookupStores(r.Context(), stores, keys)
+
+	if r.Method == http.MethodGet {
+		if err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+		}
+		resp := map[string]any{"key": canonical, "caches": cacheStates}
+		if len(stores) > 0 {
+			resp["stores"] = storeStates
+		}
+		return writeJSON(w, resp)
+	}
+
+	// Forgetting needs no lock: it can only make a write ask the upstream.
+	forgot := false
+	for i, s := range cacheStates {
+		if s.Key != "" {
+			caches[i].Forget(s.Key)
+			forgot = true
+		}
+	}
+	if err == nil {
+		for i, s := range storeStates {
+			if s.Key == "" {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(r.Context(), 2*stores[i].Config().Timeout)
+			err = stores[i].Forget(ctx, s.Key)
+			cancel()
+			if err != nil {
+				break
+			}
+			forgot = true
+		}
+	}
+	if err != nil {
+		if forgot {
+			err = fmt.Errorf("forgot what this process knew of %s, but not what Redis knows: %v", canonical, err)
+		}
+		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+	}
+	if !forgot {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		return json.NewEncoder(w).Encode(map[string]any{
+			"error": "nothing is known of this resource, so nothing was forgotten",
+			"key":   canonical,
+			"tried": keys,
+		})
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *resourceState) setVersion(v etagcache.Version) {
+	s.Known, s.Exists, s.ETag, s.Superseded = true, v.Exists, v.ETag, v.Superseded
+	if !v.LastModified.IsZero() {
+		lm := v.LastModified.UTC()
+		s.LastModified = &lm
+	}
+}
+
+// lookupStores finds, in each Redis store, the first of keys under which it
+// holds a version or a write holds the lock.
+func lookupStores(ctx context.Context, stores []sharedRedis, keys []string) ([]resourceState, error) {
+	states := make([]resourceState, 0, len(stores))
+	for _, st := range stores {
+		s := resourceState{KeyPrefix: st.Config().KeyPrefix}
+		for _, k := range keys {
+			c, cancel := context.WithTimeout(ctx, 2*st.Config().Timeout)
+			v, known, _, locked, err := st.Peek(c, k)
+			cancel()
+			if err != nil {
+				return states, fmt.Errorf("looking %s up in Redis: %v", k, err)
+			}
+			if known || locked {
+				s.Key, s.Locked = k, locked
+				if known {
+					s.setVersion(v)
+				}
+				break
+			}
+		}
+		states = append(states, s)
+	}
+	return states, nil
+}
+
+// lookupKeys returns the canonical form of a key given to the admin API,
+// and the spellings to look it up under, best first.
+//
+// The guard builds keys from canonical parts of the request (key.go), so a
+// key copied from a URL or typed by hand may differ from it in spelling
+// only: "Example.COM:443/notes//1/". The admin API knows no site's options,
+// and the key template is each site's own, so it canonicalizes generically:
+// up to the first "/" the site part, lower-cased without trailing dot and
+// without a default port (reskey.Host); from there the path, by
+// reskey.Path, and a query after "?", by reskey.Query. The canonical form
+// is the one with the default path options.
+//
+// The first spelling found is the one GET shows and DELETE forgets. Those
+// that keep what was given come first, as no site builds them for another
+// resource: the key as given (templates whose literal parts are not in
+// canonical form); the path with its trailing slash, which sites that drop
+// it never build; its letters in their case, which key_case_insensitive
+// sites never build in upper case. Then those that drop something, for
+// sites configured so: the trailing slash (the default), the case of
+// letters, any port (as the default key takes the host), the site part
+// (sites keyed by path alone, as the README advises for sites that accept
+// any host). One of these can name a neighbour in a site configured
+// otherwise ("/dir" where "/dir/" was meant and is not known): forgetting
+// it costs that neighbour one version check, and GET shows the spelling
+// found before anything is forgotten.
+func lookupKeys(given string) (canonical string, keys []string) {
+	site, path := given, ""
+	if i := strings.IndexByte(given, '/'); i >= 0 {
+		site, path = given[:i], given[i:]
+	}
+	path, query, hasQuery := strings.Cut(path, "?")
+	if hasQuery {
+		if query = reskey.Query(query); query != "" {
+			query = "?" + query
+		}
+	}
+	var paths []string
+	for _, o := range [...]reskey.Options{
+		{KeepTrailingSlash: true},
+		{},
+		{KeepTrailingSlash: true, CaseInsensitive: true},
+		{CaseInsensitive: true},
+	} {
+		paths = append(paths, reskey.Path(path, o)+query)
+	}
+	sites := []string{reskey.Host(site), reskey.HostName(site)}
+	if site != "" {
+		sites = append(sites, "")
+	}
+	canonical = sites[0] + paths[1]
+	keys = []string{given}
+	seen := map[string]bool{given: true}
+	for _, s := range sites {
+		for _, p := range paths {
+			if k := s + p; !seen[k] {
+				seen[k] = true
+				keys = append(keys, k)
+			}
+		}
+	}
+	return canonical, keys
 }
 
 func methodNotAllowed() error {

@@ -24,7 +24,15 @@ func (e *spoolError) Unwrap() error { return e.err }
 // that turned out to be dead). Up to MaxBodyMemory bytes
 // stay in memory; a larger body is spooled to a temporary file. discard,
 // never nil, removes that file: call it when the request is done.
+//
+// A request read to its end no longer expects anything: see
+// dropExpectation.
 func (h *Handler) bufferBody(r *http.Request) (discard func(), err error) {
+	defer func() {
+		if err == nil {
+			dropExpectation(r)
+		}
+	}()
 	discard = func() {}
 	if r.Body == nil || r.Body == http.NoBody {
 		return discard, nil
@@ -90,6 +98,21 @@ func (h *Handler) bufferBody(r *http.Request) (discard func(), err error) {
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(f, 0, total)), nil }
 	r.ContentLength = total
 	return remove, nil
+}
+
+// dropExpectation removes Expect from a request whose body is in hand.
+// Reading the body made Caddy's server answer the client's Expect:
+// 100-continue; forwarded, the expectation makes the upstream answer 100
+// Continue as well, and reverse_proxy passes that on: the client would get
+// a second 100 for a body it has sent already. net/http's server answers
+// any other expectation with 417 before a handler runs. The header map is
+// copied, so that what the request arrived with still shows in logs.
+func dropExpectation(r *http.Request) {
+	if _, ok := r.Header["Expect"]; !ok {
+		return
+	}
+	r.Header = r.Header.Clone()
+	delete(r.Header, "Expect")
 }
 
 // spoolWriter marks the errors of writing the temporary file as such, so

@@ -326,8 +326,11 @@ func (hw *hashingWriter) writeHeader(status int) {
 		return
 	}
 	hdr := hw.Header()
-	// The upstream's tag is not a version the guard can check writes against.
+	// The upstream's tag is not a version the guard can check writes
+	// against, in the header or in a trailer.
 	hdr.Del("Etag")
+	upstreamTrailers := hdr.Get("Trailer") != ""
+	dropETagTrailer(hdr)
 	hw.status = status
 	hw.state = passing
 	switch {
@@ -345,11 +348,12 @@ func (hw *hashingWriter) writeHeader(status int) {
 		switch {
 		case size > hw.h.HashMaxBody:
 			hw.learnVersion("")
-		case size > heldBodyLimit || caddyhttp.IsIncremental(hdr) || isEventStream(hdr) || hdr.Get("Trailer") != "":
+		case size > heldBodyLimit || caddyhttp.IsIncremental(hdr) || isEventStream(hdr) || upstreamTrailers:
 			// Known to be large, or meant to reach the client bit by bit.
-			// With trailers of its own it streams too: reverse_proxy writes
-			// them into the header map after the body, which the timer that
-			// ends a hold must then not touch.
+			// With trailers of its own it streams too, even if the only one
+			// was an ETag: reverse_proxy writes them into the header map
+			// after the body, which the timer that ends a hold must then
+			// not touch.
 			hw.startStreaming()
 			return
 		default:
@@ -531,6 +535,9 @@ func (hw *hashingWriter) finish(err error) error {
 	if hw.state == awaitingHeader && err == nil {
 		hw.writeHeader(http.StatusOK)
 	}
+	// An ETag trailer the upstream did not announce, which reverse_proxy
+	// passes on under http.TrailerPrefix.
+	delete(hw.Header(), http.TrailerPrefix+"Etag")
 	state := hw.state
 	hw.state = finished
 	switch state {
@@ -577,14 +584,17 @@ func (hw *hashingWriter) finish(err error) error {
 		}
 		tag := hw.hash.etag()
 		hw.learnVersion(tag)
+		hdr := hw.Header()
+		// Announced in the Trailer field, the ETag is sent after the body:
+		// the guard's, or none, never the upstream's trailer, which
+		// reverse_proxy has just put in the header map.
+		hdr.Del("Etag")
 		if tag != "" {
-			hdr := hw.Header()
 			// encode suffixes a strong tag in the header with the coding
 			// it applied; a trailer escapes it, so do it here.
 			if c := hdr.Get("Content-Encoding"); c != "" && c != hw.coding {
 				tag = tag[:len(tag)-1] + "-" + c + `"`
 			}
-			// Declared in the Trailer field: sent after the body.
 			hdr.Set("Etag", tag)
 		}
 	}
@@ -599,6 +609,45 @@ func (hw *hashingWriter) recycle() {
 		hw.hash = nil
 	}
 	hw.held.release()
+}
+
+// dropETagTrailer takes ETag out of the trailer fields that the Trailer
+// field announces. ETag is a singleton field, and the guard announces its
+// own; an upstream's announcement left in place would make net/http send
+// the ETag trailer twice, or send the upstream's.
+func dropETagTrailer(hdr http.Header) {
+	lines, ok := hdr["Trailer"]
+	if !ok {
+		return
+	}
+	var kept []string
+	changed := false
+	for _, line := range lines {
+		var b strings.Builder
+		for _, name := range strings.Split(line, ",") {
+			name = strings.TrimSpace(name)
+			if strings.EqualFold(name, "Etag") {
+				changed = true
+				continue
+			}
+			if name != "" {
+				if b.Len() > 0 {
+					b.WriteString(", ")
+				}
+				b.WriteString(name)
+			}
+		}
+		if b.Len() > 0 {
+			kept = append(kept, b.String())
+		}
+	}
+	switch {
+	case !changed:
+	case len(kept) == 0:
+		delete(hdr, "Trailer")
+	default:
+		hdr["Trailer"] = kept
+	}
 }
 
 // notModifiedHeader trims a 200's header to what a 304 carries.

@@ -485,3 +485,96 @@ func TestHashedGetErrorLeavesNoUpstreamFraming(t *testing.T) {
 		}
 	}
 }
+
+// trailingUpstream answers as reverse_proxy passes on an upstream that
+// sends an ETag of its own as a trailer field: the trailers it announced
+// go into Trailer before the header is written, their values into the
+// header map after the body; trailers it did not announce get
+// http.TrailerPrefix.
+func trailingUpstream(announce string, status int, body string) caddyhttp.Handler {
+	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method == http.MethodPut {
+			io.Copy(io.Discard, r.Body)
+		}
+		if announce != "" {
+			w.Header().Add("Trailer", announce)
+		}
+		w.WriteHeader(status)
+		io.WriteString(w, body[:len(body)/2])
+		http.NewResponseController(w).Flush()
+		io.WriteString(w, body[len(body)/2:])
+		http.NewResponseController(w).Flush()
+		if announce == "" {
+			w.Header().Add(http.TrailerPrefix+"Etag", `"upstream"`)
+			return nil
+		}
+		w.Header().Add("Etag", `"upstream"`)
+		if strings.Contains(announce, "X-Checksum") {
+			w.Header().Add("X-Checksum", "sum")
+		}
+		return nil
+	})
+}
+
+// ETag is a singleton field. With `etags hash` a response carries one, the
+// guard's, in the header or announced once as a trailer; an upstream's ETag
+// trailer names no version the guard trusts and is not passed on.
+func TestHashedDropsUpstreamETagTrailer(t *testing.T) {
+	h := newTestHandler(t, &Handler{ETags: "hash", HashMaxBody: 1 << 10})
+	large := strings.Repeat("large ", 1000)
+	for _, c := range []struct {
+		name, announce, method string
+		status                 int
+		body                   string
+		want                   string // the one ETag expected, "" for none
+		others                 []string
+	}{
+		{name: "announced", announce: "Etag", method: "GET", status: 200, body: "streamed", want: hashTag("streamed")},
+		{name: "announced with others", announce: "Etag, X-Checksum", method: "GET", status: 200, body: "streamed", want: hashTag("streamed"), others: []string{"X-Checksum"}},
+		{name: "announced in other case", announce: "ETag", method: "GET", status: 200, body: "streamed", want: hashTag("streamed")},
+		{name: "not announced", method: "GET", status: 200, body: "streamed", want: hashTag("streamed")},
+		{name: "too large to tag", announce: "Etag", method: "GET", status: 200, body: large},
+		{name: "not found", announce: "Etag", method: "GET", status: 404, body: "not here"},
+		{name: "write answer", announce: "Etag", method: "PUT", status: 200, body: "saved", want: hashTag("streamed")},
+		{name: "write answer not announced", method: "PUT", status: 200, body: "saved", want: hashTag("streamed")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+				if r.Method == http.MethodGet && c.method == http.MethodPut {
+					// The guard's request for the version the write made.
+					return trailingUpstream(c.announce, 200, "streamed").ServeHTTP(w, r)
+				}
+				return trailingUpstream(c.announce, c.status, c.body).ServeHTTP(w, r)
+			})
+			res := serve(t, h, next, c.method, "/"+strings.ReplaceAll(c.name, " ", "-"), "new", "If-Match: *").Result()
+			io.ReadAll(res.Body)
+			if res.StatusCode != c.status {
+				t.Fatalf("status %d", res.StatusCode)
+			}
+			tags := append(res.Header.Values("Etag"), res.Trailer.Values("Etag")...)
+			if c.want == "" && len(tags) != 0 || c.want != "" && (len(tags) != 1 || tags[0] != c.want) {
+				t.Errorf("ETag fields %q (header %q, trailers %q), want exactly %q", tags, res.Header.Values("Etag"), res.Trailer.Values("Etag"), c.want)
+			}
+			var announced []string
+			for _, line := range res.Header.Values("Trailer") {
+				for _, name := range strings.Split(line, ",") {
+					announced = append(announced, http.CanonicalHeaderKey(strings.TrimSpace(name)))
+				}
+			}
+			n := 0
+			for _, name := range announced {
+				if name == "Etag" {
+					n++
+				}
+			}
+			if n > 1 || n == 1 && c.want == "" && c.status != 200 {
+				t.Errorf("Trailer %q announces ETag %d times", res.Header.Values("Trailer"), n)
+			}
+			for _, f := range c.others {
+				if res.Trailer.Get(f) == "" {
+					t.Errorf("the upstream's %s trailer was lost: Trailer %q, trailers %v", f, res.Header.Values("Trailer"), res.Trailer)
+				}
+			}
+		})
+	}
+}

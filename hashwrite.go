@@ -46,7 +46,10 @@ func (tw *taggingWriter) WriteHeader(status int) {
 		return
 	}
 	hdr := tw.Header()
+	// Neither the upstream's tag nor its ETag trailer names a version the
+	// guard vouches for.
 	hdr.Del("Etag")
+	dropETagTrailer(hdr)
 	if tw.tagsAnswer(status, hdr) {
 		// write_timeout goes on until the answer has been read: an
 		// upstream that stalls in its body must not hold the lock longer.
@@ -139,6 +142,9 @@ func (tw *taggingWriter) FlushError() error {
 // is still held becomes an error, since nothing has reached the client.
 func (tw *taggingWriter) serveNext(next caddyhttp.Handler, r *http.Request) (err error) {
 	defer func() {
+		// An ETag trailer the upstream did not announce, which
+		// reverse_proxy passes on under http.TrailerPrefix.
+		delete(tw.Header(), http.TrailerPrefix+"Etag")
 		if rec := recover(); rec != nil {
 			if rec != http.ErrAbortHandler || !tw.holding {
 				panic(rec)
@@ -188,6 +194,9 @@ func (tw *taggingWriter) complete(err error, clientCtx context.Context, lockedRe
 	}
 	hw.h.locks.Unlock(hw.key)
 	hw.fence.leave(hw.h)
+	// reverse_proxy has put the upstream's ETag trailer, if any, in the
+	// header map.
+	tw.Header().Del("Etag")
 	if perr == nil && known && v.Exists && v.ETag != "" && tw.status != http.StatusAccepted {
 		tw.Header().Set("Etag", v.ETag)
 	}

@@ -239,9 +239,9 @@ type Handler struct {
 	abandoned *abandonedWrites
 	forgetAll func()
 	// reg is the process's live configurations.
-	reg *configRegistry
-	locks     *lockmgr.Manager
-	cache     *etagcache.Cache
+	reg   *configRegistry
+	locks *lockmgr.Manager
+	cache *etagcache.Cache
 	// redis, when not nil, holds the locks and versions that decide writes.
 	redis    *redisstore.Store
 	poolKeys []string
