@@ -355,6 +355,11 @@ func (hw *heldWrite) finish(status int, etag, lastModified string) {
 		return
 	}
 	hw.done = true
+	if hw.locked && (status == http.StatusBadGateway || status == http.StatusGatewayTimeout) {
+		// A gateway between here and the application gave up on the write,
+		// which the application may still apply.
+		hw.h.abandon(hw.key)
+	}
 	var made etagcache.Version
 	known := false
 	if hw.locked && hw.recordable {
