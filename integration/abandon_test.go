@@ -72,6 +72,9 @@ func testLateWrite(t *testing.T, gateway bool) {
 	if r := do(t, client, http.MethodPut, "/doc", `{"v":"x"}`, `If-Match: "other"`); r.status != http.StatusPreconditionFailed {
 		t.Fatalf("write naming another version: %d %s, want 412", r.status, r.body)
 	}
+	// The version check taught the cache the version before the late write
+	// (ristretto stores a new key asynchronously: wait for it).
+	waitLearned(t, ":9080/doc")
 	select {
 	case <-late.applied:
 	case <-time.After(10 * time.Second):
