@@ -1,6 +1,7 @@
 package writeguard
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -56,6 +57,26 @@ func BenchmarkReadPath(b *testing.B) {
 			h.ServeHTTP(w, reqs[i%len(reqs)], upstreamStub)
 		}
 	})
+}
+
+// BenchmarkReadPathSite is the guarded GET of BenchmarkReadPath as Caddy
+// serves it: the request's server leads to the guard through a site of two
+// names, so the default key looks the site up.
+func BenchmarkReadPathSite(b *testing.B) {
+	h := newBenchHandler(b, &Handler{})
+	srv := &caddyhttp.Server{Listen: []string{":443"}, Routes: caddyhttp.RouteList{{
+		MatcherSets: caddyhttp.MatcherSets{{caddyhttp.MatchHost{"example.com", "www.example.com"}}},
+		Handlers:    []caddyhttp.MiddlewareHandler{h},
+	}}}
+	reqs := benchRequests(http.MethodGet, 1024)
+	for i, r := range reqs {
+		reqs[i] = r.WithContext(context.WithValue(r.Context(), caddyhttp.ServerCtxKey, srv))
+	}
+	w := &discardWriter{h: http.Header{}}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		h.ServeHTTP(w, reqs[i%len(reqs)], upstreamStub)
+	}
 }
 
 // BenchmarkWritePathCacheHit is a conditional PUT whose version the cache
