@@ -31,6 +31,8 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	key := h.resourceKey(r)
 	if outer, _ := r.Context().Value(guardedCtxKey{}).(string); outer == key {
 		// An outer guard checked this write and holds this resource's lock.
+		// Counted, but the outcome shown to access logs stays the outer's.
+		countOutcome(outcomeNested)
 		return next.ServeHTTP(w, r)
 	}
 	setPlaceholder(r, "http.write_guard.key", key)
@@ -570,10 +572,11 @@ func (ow *outcomeWriter) ReadFrom(r io.Reader) (int64, error) {
 	return ow.ResponseWriterWrapper.ReadFrom(r)
 }
 
-// logRejection counts and logs a refused request.
+// logRejection counts and logs a refused request. A refusal is an ordinary
+// protocol answer, like a 304: it is logged at Debug.
 func (h *Handler) logRejection(r *http.Request, outcome, field string) {
 	decided(r, outcome)
-	if c := h.logger.Check(zapcore.InfoLevel, "write rejected"); c != nil {
+	if c := h.logger.Check(zapcore.DebugLevel, "write rejected"); c != nil {
 		fields := []zap.Field{
 			zap.String("method", r.Method),
 			zap.String("path", r.URL.Path),

@@ -3,6 +3,10 @@ package writeguard
 import (
 	"context"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -620,7 +624,30 @@ func TestNestedGuardsDoNotDeadlock(t *testing.T) {
 	through := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		return inner.ServeHTTP(w, r, storeHandler(store))
 	})
+	nested := guardMetrics().requests.WithLabelValues(outcomeNested)
+	before := testutil.ToFloat64(nested)
 	if w := serve(t, outer, through, "PUT", "/doc", "v2", "If-Match: "+store.ETagOf([]byte("v1"))); w.Code != 200 {
 		t.Fatalf("nested guards: %d %s", w.Code, w.Body)
+	}
+	if got := testutil.ToFloat64(nested) - before; got != 1 {
+		t.Errorf("outcome %s counted %v times, want 1", outcomeNested, got)
+	}
+}
+
+// Refusals are ordinary answers: none of them is logged at Info or above.
+func TestRefusalsAreNotLoggedAtInfo(t *testing.T) {
+	store := backend.New()
+	store.Put("/doc", []byte("v1"))
+	h := newTestHandler(t, &Handler{})
+	core, logs := observer.New(zapcore.InfoLevel)
+	h.logger = zap.New(core)
+	if w := serve(t, h, storeHandler(store), "PUT", "/doc", "v2"); w.Code != http.StatusPreconditionRequired {
+		t.Fatalf("blind write: %d", w.Code)
+	}
+	if w := serve(t, h, storeHandler(store), "PUT", "/doc", "v2", `If-Match: "old"`); w.Code != http.StatusPreconditionFailed {
+		t.Fatalf("stale write: %d", w.Code)
+	}
+	for _, e := range logs.All() {
+		t.Errorf("logged at %s: %q %v", e.Level, e.Message, e.ContextMap())
 	}
 }
