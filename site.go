@@ -1,7 +1,6 @@
 package writeguard
 
 import (
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -20,22 +19,25 @@ import (
 // host matchers of the routes that lead to the handler:
 //
 //   - a request for one of the site's exact names is keyed by the site's
-//     first name, whichever name it used;
+//     first name, whichever name it used, without a port (as a host matcher
+//     ignores the port, and as instances sharing Redis on other ports must
+//     agree);
 //   - a request matched only by a wildcard (*.example.com) or a placeholder
 //     is keyed by its own host: subdomains of a wildcard site are most often
 //     tenants whose resources must stay apart;
 //   - a site without host matchers (a catch-all such as :8080) is keyed by
 //     the server's listen addresses, never by the Host field, which its
-//     clients choose freely;
+//     clients choose freely; with store redis by "*", the same on every
+//     instance whatever port it listens on;
 //   - a handler that cannot be found in its server's routes (a named route
 //     invoked from several sites) keys by the request's host.
 
 // site is what the routes leading to one handler in one server say about
 // the hosts it serves.
 type site struct {
-	// name identifies the site in keys: its first exact host name, with the
-	// port when the server listens on one other than 80 and 443; the
-	// listen addresses for a catch-all site; "" when no exact name is known.
+	// name identifies the site in keys: its first exact host name; the
+	// listen addresses (or "*") for a catch-all site; "" when no exact name
+	// is known.
 	name string
 	// names are the canonical exact host names that name stands for.
 	names map[string]struct{}
@@ -85,7 +87,7 @@ func (c *siteCache) lookup(srv *caddyhttp.Server, h *Handler) *site {
 	defer c.mu.Unlock()
 	s, ok := c.by[srv]
 	if !ok {
-		s = findSite(srv, h)
+		s = findSite(srv, h, h.redis != nil)
 		if c.by == nil {
 			c.by = make(map[*caddyhttp.Server]*site)
 		}
@@ -96,8 +98,9 @@ func (c *siteCache) lookup(srv *caddyhttp.Server, h *Handler) *site {
 }
 
 // findSite looks for h in srv's routes and returns the site they make it
-// serve.
-func findSite(srv *caddyhttp.Server, h *Handler) *site {
+// serve. shared: the keys are shared with other instances, whose catch-all
+// sites may listen elsewhere.
+func findSite(srv *caddyhttp.Server, h *Handler, shared bool) *site {
 	hosts, found := hostsLeadingTo(srv.Routes, h, nil)
 	if !found && srv.Errors != nil {
 		hosts, found = hostsLeadingTo(srv.Errors.Routes, h, nil)
@@ -106,6 +109,9 @@ func findSite(srv *caddyhttp.Server, h *Handler) *site {
 		return &site{}
 	}
 	if len(hosts) == 0 {
+		if shared {
+			return &site{name: "*", catchAll: true}
+		}
 		return &site{name: strings.Join(srv.Listen, ","), catchAll: true}
 	}
 	s := &site{names: make(map[string]struct{}, len(hosts))}
@@ -118,11 +124,6 @@ func findSite(srv *caddyhttp.Server, h *Handler) *site {
 			s.name = host
 		}
 		s.names[host] = struct{}{}
-	}
-	if s.name != "" {
-		if port := onlyPort(srv.Listen); port != "" && port != "80" && port != "443" {
-			s.name = net.JoinHostPort(s.name, port)
-		}
 	}
 	return s
 }
@@ -171,20 +172,4 @@ func routeHosts(route caddyhttp.Route) []string {
 		}
 	}
 	return hosts
-}
-
-// onlyPort returns the port all listen addresses share, or "".
-func onlyPort(listen []string) string {
-	port := ""
-	for _, addr := range listen {
-		if i := strings.Index(addr, "/"); i >= 0 {
-			addr = addr[i+1:] // network prefix such as tcp/
-		}
-		_, p, err := net.SplitHostPort(addr)
-		if err != nil || (port != "" && p != port) {
-			return ""
-		}
-		port = p
-	}
-	return port
 }

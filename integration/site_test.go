@@ -39,13 +39,13 @@ func TestSiteNamesShareOneKey(t *testing.T) {
 			name:      "two names",
 			sites:     "http://example.com:9080, http://www.example.com:9080 {\n\twrite_guard\n\treverse_proxy %s\n}\n",
 			aliceHost: "example.com:9080", bobHost: "www.example.com:9080",
-			key: "example.com:9080/items/1",
+			key: "example.com/items/1",
 		},
 		{
 			name:      "names in another case",
 			sites:     "http://example.com:9080, http://www.example.com:9080 {\n\twrite_guard\n\treverse_proxy %s\n}\n",
 			aliceHost: "WWW.Example.COM:9080", bobHost: "example.com:9080",
-			key: "example.com:9080/items/1",
+			key: "example.com/items/1",
 		},
 		{
 			name:      "catch-all site",
@@ -57,7 +57,7 @@ func TestSiteNamesShareOneKey(t *testing.T) {
 			name:      "names inside a handle block",
 			sites:     ":9080 {\n\t@app host example.com www.example.com\n\thandle @app {\n\t\twrite_guard\n\t\treverse_proxy %s\n\t}\n}\n",
 			aliceHost: "www.example.com", bobHost: "example.com",
-			key: "example.com:9080/items/1",
+			key: "example.com/items/1",
 		},
 	}
 	for _, tc := range cases {
@@ -102,5 +102,5 @@ func TestWildcardSubdomainsAndOtherSitesKeepTheirOwnKeys(t *testing.T) {
 	}
 	waitLearned(t, "a.example.com/items/1")
 	waitLearned(t, "b.example.com/items/1")
-	waitLearned(t, "other.test:9080/items/1")
+	waitLearned(t, "other.test/items/1")
 }
