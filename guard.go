@@ -104,6 +104,11 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 
 	waitStart := time.Now()
 	fenced, err := h.enterFence(ctx, r.URL.EscapedPath())
+	if fenced.key != "" {
+		// A guard nested in this one must not wait for this fence either.
+		ctx = context.WithValue(ctx, fencedCtxKey{}, fenced.key)
+		r = r.WithContext(ctx)
+	}
 	if err == nil && !h.locks.TryLock(key) {
 		// Contended: most writes that wait now name a version the one
 		// ahead of them is about to replace, or has replaced.

@@ -227,6 +227,10 @@ func (h *Handler) enterFence(ctx context.Context, path string) (fence, error) {
 		}
 		cfg.unfenced.Add(-1)
 	}
+	key := fenceKey(path)
+	if outer, _ := ctx.Value(fencedCtxKey{}).(string); outer == key {
+		return f, nil // an outer guard holds it for this request
+	}
 	waitCtx, cancel := context.WithTimeout(ctx, time.Duration(h.LockTimeout))
 	err := h.reg.awaitUnfenced(waitCtx, cfg)
 	cancel()
@@ -234,7 +238,6 @@ func (h *Handler) enterFence(ctx context.Context, path string) (fence, error) {
 		cfg.writes.Add(-1)
 		return fence{}, err
 	}
-	key := fenceKey(path)
 	if err := h.lock(ctx, key); err != nil {
 		cfg.writes.Add(-1)
 		return fence{}, err
@@ -277,6 +280,9 @@ func (reg *configRegistry) awaitUnfenced(ctx context.Context, self *liveConfig) 
 		}
 	}
 }
+
+// fencedCtxKey marks a request with the fence lock a guard holds for it.
+type fencedCtxKey struct{}
 
 // fenceKey names a path's fence lock: its coarsest canonical form, so that
 // every naming of one resource meets there, and a prefix no key has.
