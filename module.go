@@ -339,7 +339,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.locks = shared.locks
 	// Set beforehand only by tests, which keep their handlers apart.
 	if h.abandoned == nil {
-		h.abandoned = shared.abandoned
+		abandoned, key, err := attachAbandoned()
+		if err != nil {
+			return err
+		}
+		h.poolKeys = append(h.poolKeys, key)
+		h.abandoned = abandoned
 	}
 	if h.reg == nil {
 		h.reg = &reloads
@@ -485,6 +490,9 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP guards writes and learns versions from reads.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.config != nil && !h.config.active.Load() {
+		h.reg.activate(h.config)
+	}
 	// Methods are case-sensitive, but many backends upper-case them
 	// (Django, Flask, PHP frameworks): "put" is a PUT to them.
 	method := upperMethod(r.Method)

@@ -125,7 +125,8 @@ func (reg *configRegistry) leave(cfg *liveConfig) {
 }
 
 // activate marks cfg as serving, the first time one of its guards sees a
-// request: all its guards are provisioned by then, and their sites known.
+// request: all its guards are provisioned by then, and their sites known;
+// and nothing it serves has been learned yet.
 func (reg *configRegistry) activate(cfg *liveConfig) {
 	reg.mu.Lock()
 	defer reg.mu.Unlock()
@@ -211,9 +212,6 @@ func (h *Handler) enterFence(ctx context.Context, path string) (fence, error) {
 	cfg := h.config
 	if cfg == nil {
 		return fence{}, nil
-	}
-	if !cfg.active.Load() {
-		h.reg.activate(cfg)
 	}
 	cfg.writes.Add(1)
 	f := fence{cfg: cfg}

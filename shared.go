@@ -26,7 +26,6 @@ var pool = caddy.NewUsagePool()
 type sharedState struct {
 	locks       *lockmgr.Manager
 	generations *etagcache.Generations
-	abandoned   *abandonedWrites
 }
 
 // generationStripes sizes the process-wide version stamps (8 bytes each).
@@ -36,7 +35,6 @@ var processState = sync.OnceValue(func() *sharedState {
 	return &sharedState{
 		locks:       lockmgr.New(),
 		generations: etagcache.NewGenerations(generationStripes),
-		abandoned:   new(abandonedWrites),
 	}
 })
 
@@ -72,3 +70,21 @@ func attachCache(cfg etagcache.Config, etags string) (*etagcache.Cache, string, 
 	}
 	return v.(sharedCache).Cache, key, nil
 }
+
+// attachAbandoned returns the list of resources whose write was abandoned
+// lately, one for every handler while any configuration uses the guard, so
+// that a reload keeps it whatever else it changes.
+func attachAbandoned() (*abandonedWrites, string, error) {
+	const key = "write_guard.abandoned"
+	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return pooledAbandoned{new(abandonedWrites)}, nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return v.(pooledAbandoned).abandonedWrites, key, nil
+}
+
+type pooledAbandoned struct{ *abandonedWrites }
+
+func (pooledAbandoned) Destruct() error { return nil }
