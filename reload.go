@@ -191,8 +191,7 @@ func (h *Handler) namingScheme() string {
 	b.WriteString(strconv.FormatBool(h.keyOptions.CaseInsensitive))
 	if h.keyTemplate == "" || h.keyHasSite {
 		if h.server != nil {
-			s := h.sites.lookup(h.server, h)
-			b.WriteString(strconv.Quote(s.name))
+			b.WriteString(h.sites.lookup(h.server, h).describe())
 		}
 	}
 	return b.String()

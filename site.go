@@ -2,6 +2,8 @@ package writeguard
 
 import (
 	"net/http"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,24 +28,25 @@ import (
 //     is keyed by its own host: subdomains of a wildcard site are most often
 //     tenants whose resources must stay apart;
 //   - a site without host matchers (a catch-all such as :8080) is keyed by
-//     the server's listen addresses, never by the Host field, which its
-//     clients choose freely; with store redis by "*", the same on every
-//     instance whatever port it listens on;
-//   - a handler that cannot be found in its server's routes (a named route
-//     invoked from several sites) keys by the request's host.
+//     "*", never by the Host field, which its clients choose freely;
+//   - a handler in a named route serves the sites that invoke it;
+//   - a handler that cannot be found in its server's routes keys by the
+//     request's host.
 
 // site is what the routes leading to one handler in one server say about
 // the hosts it serves.
 type site struct {
-	// name identifies the site in keys: its first exact host name; the
-	// listen addresses (or "*") for a catch-all site; "" when no exact name
-	// is known.
-	name string
-	// names are the canonical exact host names that name stands for.
-	names map[string]struct{}
-	// catchAll: no host matcher leads to the handler.
+	// names maps each canonical exact host name to the name of its site:
+	// the site's first exact host name.
+	names map[string]string
+	// catchAll: a route without host matchers leads to the handler.
 	catchAll bool
 }
+
+// catchAllSite names the resources of sites that match every host. It is
+// the same whatever port the site listens on: one site block on two ports is
+// one site, and instances sharing Redis may listen on other ports.
+const catchAllSite = "*"
 
 // siteOf returns the site identity that the default key uses for r.
 func (h *Handler) siteOf(r *http.Request) string {
@@ -53,13 +56,11 @@ func (h *Handler) siteOf(r *http.Request) string {
 		return host
 	}
 	s := h.sites.lookup(srv, h)
-	switch {
-	case s.catchAll:
-		return s.name
-	case s.name != "":
-		if _, ok := s.names[host]; ok {
-			return s.name
-		}
+	if name, ok := s.names[host]; ok {
+		return name
+	}
+	if s.catchAll {
+		return catchAllSite
 	}
 	return host
 }
@@ -87,7 +88,7 @@ func (c *siteCache) lookup(srv *caddyhttp.Server, h *Handler) *site {
 	defer c.mu.Unlock()
 	s, ok := c.by[srv]
 	if !ok {
-		s = findSite(srv, h, h.redis != nil)
+		s = findSite(srv, h)
 		if c.by == nil {
 			c.by = make(map[*caddyhttp.Server]*site)
 		}
@@ -98,34 +99,64 @@ func (c *siteCache) lookup(srv *caddyhttp.Server, h *Handler) *site {
 }
 
 // findSite looks for h in srv's routes and returns the site they make it
-// serve. shared: the keys are shared with other instances, whose catch-all
-// sites may listen elsewhere.
-func findSite(srv *caddyhttp.Server, h *Handler, shared bool) *site {
-	hosts, found := hostsLeadingTo(srv.Routes, h, nil)
-	if !found && srv.Errors != nil {
-		hosts, found = hostsLeadingTo(srv.Errors.Routes, h, nil)
+// serve. A handler in a named route serves the sites that invoke it.
+func findSite(srv *caddyhttp.Server, h *Handler) *site {
+	s := &site{names: map[string]string{}}
+	if hosts, found := hostsLeadingTo(srv.Routes, h, nil); found {
+		s.add(hosts)
+		return s
 	}
-	if !found {
-		return &site{}
-	}
-	if len(hosts) == 0 {
-		if shared {
-			return &site{name: "*", catchAll: true}
+	if srv.Errors != nil {
+		if hosts, found := hostsLeadingTo(srv.Errors.Routes, h, nil); found {
+			s.add(hosts)
+			return s
 		}
-		return &site{name: strings.Join(srv.Listen, ","), catchAll: true}
 	}
-	s := &site{names: make(map[string]struct{}, len(hosts))}
+	for name, route := range srv.NamedRoutes {
+		if _, found := hostsLeadingTo(caddyhttp.RouteList{*route}, h, nil); found {
+			for _, hosts := range invokers(srv.Routes, name, nil, nil) {
+				s.add(hosts)
+			}
+		}
+	}
+	return s
+}
+
+// describe writes the site down, the same for equal sites.
+func (s *site) describe() string {
+	pairs := make([]string, 0, len(s.names)+1)
+	for host, name := range s.names {
+		pairs = append(pairs, strconv.Quote(host)+"="+strconv.Quote(name))
+	}
+	sort.Strings(pairs)
+	if s.catchAll {
+		pairs = append(pairs, catchAllSite)
+	}
+	return strings.Join(pairs, ",")
+}
+
+// add takes in the host names of one site leading to the handler.
+func (s *site) add(hosts []string) {
+	if len(hosts) == 0 {
+		s.catchAll = true
+		return
+	}
+	first := ""
 	for _, host := range hosts {
 		if strings.ContainsAny(host, "*{") {
 			continue
 		}
-		host = reskey.HostName(host)
-		if s.name == "" {
-			s.name = host
+		if strings.Contains(host, ":") && !strings.HasPrefix(host, "[") {
+			host = "[" + host + "]" // an IPv6 literal, as a Host field writes it
 		}
-		s.names[host] = struct{}{}
+		host = reskey.HostName(host)
+		if first == "" {
+			first = host
+		}
+		if _, taken := s.names[host]; !taken {
+			s.names[host] = first
+		}
 	}
-	return s
 }
 
 // hostsLeadingTo returns the host names of the innermost route on the way
@@ -156,6 +187,28 @@ func hostsLeadingTo(routes caddyhttp.RouteList, target *Handler, outer []string)
 		}
 	}
 	return nil, false
+}
+
+// invokers returns, for every invoke of the named route in routes, the
+// host names of the innermost route leading to it that matches on hosts.
+func invokers(routes caddyhttp.RouteList, name string, outer []string, found [][]string) [][]string {
+	for _, route := range routes {
+		hosts := outer
+		if own := routeHosts(route); len(own) > 0 {
+			hosts = own
+		}
+		for _, handler := range route.Handlers {
+			switch handler := handler.(type) {
+			case *caddyhttp.Invoke:
+				if handler.Name == name {
+					found = append(found, hosts)
+				}
+			case *caddyhttp.Subroute:
+				found = invokers(handler.Routes, name, hosts, found)
+			}
+		}
+	}
+	return found
 }
 
 // routeHosts lists the host names route's matcher sets accept, in order.

@@ -6,8 +6,6 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-
-	"github.com/writeguard/caddy-writeguard/redisstore"
 )
 
 func siteRoute(h *Handler, hosts ...string) caddyhttp.Route {
@@ -21,7 +19,6 @@ func siteRoute(h *Handler, hosts ...string) caddyhttp.Route {
 func TestSiteOf(t *testing.T) {
 	h := &Handler{sites: new(siteCache)}
 	other := &Handler{sites: new(siteCache)}
-	shared := &Handler{sites: new(siteCache), redis: new(redisstore.Store)}
 	nested := func(hosts ...string) caddyhttp.RouteList {
 		return caddyhttp.RouteList{{
 			MatcherSets: caddyhttp.MatcherSets{{caddyhttp.MatchHost(hosts)}},
@@ -43,8 +40,17 @@ func TestSiteOf(t *testing.T) {
 		{"other port dropped", &caddyhttp.Server{Listen: []string{"tcp/:8443"}, Routes: nested("example.com", "www.example.com")}, "www.example.com:8443", h, "example.com"},
 		{"wildcard keeps the host", &caddyhttp.Server{Listen: []string{":443"}, Routes: nested("example.com", "*.example.com")}, "tenant.example.com", h, "tenant.example.com"},
 		{"exact name beside a wildcard", &caddyhttp.Server{Listen: []string{":443"}, Routes: nested("*.example.com", "example.com")}, "example.com", h, "example.com"},
-		{"catch-all ignores the host", &caddyhttp.Server{Listen: []string{":8080"}, Routes: caddyhttp.RouteList{siteRoute(h)}}, "invented.test", h, ":8080"},
-		{"catch-all sharing Redis", &caddyhttp.Server{Listen: []string{":8080"}, Routes: caddyhttp.RouteList{siteRoute(shared)}}, "invented.test", shared, "*"},
+		{"catch-all ignores the host", &caddyhttp.Server{Listen: []string{":8080"}, Routes: caddyhttp.RouteList{siteRoute(h)}}, "invented.test", h, "*"},
+		{"IPv6 literal among the names", &caddyhttp.Server{Listen: []string{":443"}, Routes: nested("localhost", "::1")}, "[::1]:443", h, "localhost"},
+		{"named route, invoked by a site", &caddyhttp.Server{Listen: []string{":443"},
+			NamedRoutes: map[string]*caddyhttp.Route{"guarded": {Handlers: []caddyhttp.MiddlewareHandler{h}}},
+			Routes: caddyhttp.RouteList{
+				{MatcherSets: caddyhttp.MatcherSets{{caddyhttp.MatchHost{"a.test", "www.a.test"}}}, Handlers: []caddyhttp.MiddlewareHandler{&caddyhttp.Invoke{Name: "guarded"}}},
+				{MatcherSets: caddyhttp.MatcherSets{{caddyhttp.MatchHost{"b.test"}}}, Handlers: []caddyhttp.MiddlewareHandler{&caddyhttp.Invoke{Name: "guarded"}}},
+			}}, "www.a.test", h, "a.test"},
+		{"named route, invoked by a catch-all site", &caddyhttp.Server{Listen: []string{":443"},
+			NamedRoutes: map[string]*caddyhttp.Route{"guarded": {Handlers: []caddyhttp.MiddlewareHandler{h}}},
+			Routes:      caddyhttp.RouteList{{Handlers: []caddyhttp.MiddlewareHandler{&caddyhttp.Invoke{Name: "guarded"}}}}}, "invented.test", h, "*"},
 		{"innermost host matcher wins", &caddyhttp.Server{Listen: []string{":443"}, Routes: caddyhttp.RouteList{{
 			MatcherSets: caddyhttp.MatcherSets{{caddyhttp.MatchHost{"outer.test", "inner.test"}}},
 			Handlers:    []caddyhttp.MiddlewareHandler{&caddyhttp.Subroute{Routes: caddyhttp.RouteList{siteRoute(h, "inner.test", "alias.test")}}},
@@ -77,7 +83,7 @@ func TestSiteOfPerServer(t *testing.T) {
 		for _, tc := range []struct {
 			srv        *caddyhttp.Server
 			host, want string
-		}{{a, "www.a.test", "a.test"}, {b, "www.a.test", ":8080"}} {
+		}{{a, "www.a.test", "a.test"}, {b, "www.a.test", "*"}} {
 			r := httptest.NewRequest("GET", "/doc", nil)
 			r.Host = tc.host
 			r = r.WithContext(context.WithValue(r.Context(), caddyhttp.ServerCtxKey, tc.srv))

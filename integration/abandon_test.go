@@ -74,7 +74,7 @@ func testLateWrite(t *testing.T, gateway bool) {
 	}
 	// The version check taught the cache the version before the late write
 	// (ristretto stores a new key asynchronously: wait for it).
-	waitLearned(t, ":9080/doc")
+	waitLearned(t, "*/doc")
 	select {
 	case <-late.applied:
 	case <-time.After(10 * time.Second):

@@ -62,7 +62,7 @@ func startCaddy(t *testing.T, site string) *caddytest.Tester {
 }
 
 // waitLearned waits until the guard's cache holds a version of the resource
-// at key (":9080/doc" for the catch-all test site): ristretto applies the store of a new key
+// at key ("*/doc" for the catch-all test site): ristretto applies the store of a new key
 // asynchronously, so a write right after the read that taught it may still
 // find the cache empty and ask the upstream.
 func waitLearned(t *testing.T, key string) {
