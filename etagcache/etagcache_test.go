@@ -660,9 +660,10 @@ func TestTaughtVersionShortcut(t *testing.T) {
 	}
 	// Gone from ristretto (as by eviction): the next read teaches it again.
 	s := c.Stamp("/doc")
-	c.rc.Del("/doc")
+	in := c.live.Load()
+	in.rc.Del("/doc")
 	c.Wait()
-	c.taught[c.gens.hash("/doc")&c.taughtMask].Store(0) // Del is no eviction; OnEvict clears it
+	in.taught[c.gens.hash("/doc")&in.taughtMask].Store(0) // Del is no eviction; OnEvict clears it
 	c.Learn("/doc", s, v2)
 	c.Wait()
 	if _, ok := c.Get("/doc"); !ok {
@@ -682,11 +683,12 @@ func TestEvictionClearsTaught(t *testing.T) {
 	}
 	c.Wait()
 	// Every key that is not in the cache must not be marked as taught.
+	in := c.live.Load()
 	for i := range 2000 {
 		k := "/k/" + strconv.Itoa(i)
 		h := c.gens.hash(k)
 		fp := c.fingerprint(h, c.Stamp(k).gen, Version{Exists: true, ETag: `"v"`})
-		if _, ok := c.Peek(k); !ok && c.taught[h&c.taughtMask].Load() == fp {
+		if _, ok := c.Peek(k); !ok && in.taught[h&in.taughtMask].Load() == fp {
 			t.Fatalf("%s is gone but marked as taught", k)
 		}
 	}
