@@ -11,13 +11,23 @@ import (
 	"github.com/dgraph-io/ristretto/v2"
 )
 
-// instance is one ristretto cache and what goes with it: whatever a cache
-// allocates in proportion to its size. For the number of entries it is
+// instance is one ristretto cache and what goes with it. Its size is what a
+// cache costs before it holds anything. For the number of entries it is
 // given, ristretto allocates an admission sketch of ten 4-bit counters per
 // entry in four rows and a bloom filter of about ten bits per counter, both
 // rounded up to powers of two, and taught takes 8 bytes per entry: for a
 // million entries 32, 16 and 8 MiB, 56 MiB in all before a single entry is
 // stored.
+//
+// A cache therefore starts with an instance sized for initialEntries and,
+// each time the entries it holds reach what its instance is sized for,
+// replaces it by an empty one growFactor times as large, up to the size of
+// the cache. What the smaller instance held is forgotten, which the cache
+// may do at any moment: reads teach the versions again, and every entry,
+// in whichever instance, is checked against the shared Generations, so a
+// store that lands in the old instance after the swap, or a read stamped
+// before a write that teaches the new one, is lost or never returned as
+// it would be in a single instance.
 type instance struct {
 	rc *ristretto.Cache[string, entry]
 	// taught holds, per slot (by key hash), a fingerprint of the last
@@ -28,14 +38,50 @@ type instance struct {
 	// a version again, which the next write's version check does.
 	taught     []atomic.Uint64
 	taughtMask uint64
+	// entries is how many entries the instance is sized for; growAt the
+	// cost at which it is replaced by a larger one, 0 for the last.
+	entries int64
+	growAt  int64
 	// retired is set once the instance is out of use: the evictions of its
 	// closing are nobody's concern.
 	retired atomic.Bool
 }
 
+const (
+	// initialEntries sizes a new cache's first instance: about 1.2 MiB,
+	// whatever the cache's bound.
+	initialEntries = 1 << 14
+	// growFactor is how much larger each instance is than the one it
+	// replaces. A cache of a million entries goes through instances of 16k
+	// and 128k entries: the versions it forgets on the way are at most
+	// about a seventh of what it holds when full.
+	growFactor = 8
+	// growCheckShift samples the stores that look at the instance's fill:
+	// one in 64 keys, by hash. Reading it takes ristretto's policy lock.
+	growCheckShift = 58
+)
+
+// sized is the number of entries of an instance meant for n: n, or the
+// cache's full size rather than a last step that would barely grow.
+func (c *Cache) sized(n int64) int64 {
+	if n >= c.expected/2 {
+		return c.expected
+	}
+	return n
+}
+
 // newInstance returns an empty instance for the given number of entries.
+// Every instance takes the cache's full bound as its own: only the
+// accuracy of its admission policy, consulted when the cache is full,
+// depends on its size.
 func (c *Cache) newInstance(entries int64) (*instance, error) {
-	in := &instance{}
+	in := &instance{entries: entries}
+	if entries < c.expected {
+		in.growAt = entries
+		if c.byBytes {
+			in.growAt *= EntryOverhead + typicalETagLen
+		}
+	}
 	rc, err := ristretto.NewCache(&ristretto.Config[string, entry]{
 		// Ristretto's advice: ten counters per entry expected when full.
 		NumCounters:        max(min(entries, math.MaxInt64/10)*10, 100),
@@ -71,9 +117,35 @@ func (c *Cache) newInstance(entries int64) (*instance, error) {
 	return in, nil
 }
 
-// closeGrace is how long a lookup that began before the cache was closed
-// may still run in its instance before it is shut down: lookups take
-// microseconds.
+// grow replaces in, the live instance, by a larger one once it holds what it
+// is sized for. The store that finds it full builds the new instance (a few
+// milliseconds for a million entries); the others go on into in meanwhile.
+func (c *Cache) grow(in *instance) {
+	if c.maxCost-in.rc.RemainingCost() < in.growAt || !c.growing.CompareAndSwap(false, true) {
+		return
+	}
+	defer c.growing.Store(false)
+	if c.live.Load() != in {
+		return // grown by another store, or closed
+	}
+	next, err := c.newInstance(c.sized(in.entries * growFactor))
+	if err != nil {
+		return // cannot happen: the first instance had the same settings
+	}
+	c.storing.Lock()
+	swapped := c.live.CompareAndSwap(in, next)
+	c.storing.Unlock()
+	if !swapped {
+		// Closed meanwhile; nobody else has seen next.
+		next.retired.Store(true)
+		next.rc.Close()
+		return
+	}
+	c.retire(in)
+}
+
+// closeGrace is how long a lookup that began before an instance was retired
+// may still run in it before it is shut down: lookups take microseconds.
 const closeGrace = time.Second
 
 // closing counts the instances still to be shut down.
