@@ -23,11 +23,12 @@ import (
 // each time the entries it holds reach what its instance is sized for,
 // replaces it by an empty one growFactor times as large, up to the size of
 // the cache. What the smaller instance held is forgotten, which the cache
-// may do at any moment: reads teach the versions again, and every entry,
-// in whichever instance, is checked against the shared Generations, so a
-// store that lands in the old instance after the swap, or a read stamped
-// before a write that teaches the new one, is lost or never returned as
-// it would be in a single instance.
+// may do at any moment, and reads teach the versions again. Stores made
+// just before the swap go down with the old instance, as if ristretto had
+// dropped them; a lookup that loaded the old instance just before may
+// still find an entry there, which Get checks against the shared
+// Generations like any other; a read stamped before a write cannot teach
+// the new instance its older version, for the same reason.
 type instance struct {
 	rc *ristretto.Cache[string, entry]
 	// taught holds, per slot (by key hash), a fingerprint of the last
