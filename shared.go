@@ -45,7 +45,10 @@ type sharedCache struct {
 
 // Destruct runs when no configuration uses the cache any more. Requests of a
 // retired configuration may still be finishing; the cache's Close waits for
-// their stores and makes later ones harmless.
+// their stores and makes later ones harmless. The retired handlers keep
+// their *etagcache.Cache for as long as Caddy keeps them (an old
+// configuration's idle upstream connections do, for minutes), but a closed
+// Cache no longer holds its memory.
 func (c sharedCache) Destruct() error {
 	retireCacheStats(c.Stats())
 	c.Close()

@@ -4,15 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"math"
 	"math/bits"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
-
-	"github.com/dgraph-io/ristretto/v2"
 )
 
 // Version is what is known of a resource at one moment.
@@ -108,28 +105,28 @@ type Config struct {
 // concurrent use. Learn, Get and Stamp take no lock of their own; Record and
 // Forget must be serialized per key by the caller, as writes are.
 type Cache struct {
-	rc      *ristretto.Cache[string, entry]
+	// live is the ristretto instance in use, nil once the cache is closed.
+	// Everything that takes memory in proportion to the cache's size hangs
+	// from it, so that a closed Cache that something still refers to (a
+	// handler of a retired config, kept by its idle connections) weighs a
+	// few hundred bytes.
+	live    atomic.Pointer[instance]
 	cfg     Config
 	gens    *Generations
 	ttl     time.Duration
 	byBytes bool
+	maxCost int64
+	// expected is how many entries the cache holds when full; the last
+	// instance is sized for it.
+	expected int64
 
-	// taught holds, per slot (by key hash), a fingerprint of the last version a read
-	// taught (key, version, generation), so that the reads that learn what
-	// is already known, nearly all of them, skip the lookup. An eviction or
-	// a refused store clears its stripe's fingerprint; a fingerprint that
-	// outlives its entry only makes reads skip teaching a version again,
-	// which the next write's version check does.
-	taught     []atomic.Uint64
-	taughtMask uint64
-
-	closeOnce sync.Once
-	closed    atomic.Bool
-	// storing is held shared by every store and delete, and exclusively by
-	// Close: ristretto panics when a store races its Close, and a config
-	// reload can retire a cache while requests of the old config still
-	// record their outcomes in it.
+	// storing is held shared by every store and delete, and exclusively
+	// while live is replaced: ristretto panics when a store races its
+	// Close, and a config reload can retire a cache while requests of the
+	// old config still record their outcomes in it.
 	storing sync.RWMutex
+	// growing is set while a store builds the instance that replaces live.
+	growing atomic.Bool
 
 	// The counters live on cache lines of their own: Get bumps one of them
 	// from every core, and the fields above are read by every call.
@@ -221,8 +218,15 @@ func (c *Cache) valid(e *entry) bool {
 	return c.gens.stripes[e.hash&c.gens.mask].Load() == e.gen
 }
 
-// New returns a cache configured by cfg.
+// New returns a cache configured by cfg. Until it holds about 16,000
+// versions it takes about 1.2 MiB whatever its bound; it then grows in
+// steps, forgetting what it held at each (see instance).
 func New(cfg Config) (*Cache, error) {
+	return newSized(cfg, initialEntries)
+}
+
+// newSized is New with the size of the first instance given.
+func newSized(cfg Config, initial int64) (*Cache, error) {
 	switch {
 	case cfg.MaxEntries < 0:
 		return nil, fmt.Errorf("etagcache: negative MaxEntries %d", cfg.MaxEntries)
@@ -248,49 +252,21 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.MaxBytes == 0 && cfg.MaxEntries == 0 {
 		c.cfg.MaxEntries = DefaultMaxEntries
 	}
-	var maxCost, expected int64
 	switch {
 	case cfg.MaxBytes > 0:
 		c.byBytes = true
-		maxCost = cfg.MaxBytes
-		expected = cfg.MaxBytes / (EntryOverhead + typicalETagLen)
+		c.maxCost = cfg.MaxBytes
+		c.expected = max(cfg.MaxBytes/(EntryOverhead+typicalETagLen), 1)
 	case cfg.MaxEntries > 0:
-		maxCost, expected = cfg.MaxEntries, cfg.MaxEntries
+		c.maxCost, c.expected = cfg.MaxEntries, cfg.MaxEntries
 	default:
-		maxCost, expected = DefaultMaxEntries, DefaultMaxEntries
+		c.maxCost, c.expected = DefaultMaxEntries, DefaultMaxEntries
 	}
-	rc, err := ristretto.NewCache(&ristretto.Config[string, entry]{
-		// Ristretto's advice: ten counters per entry expected when full.
-		NumCounters:        max(min(expected, math.MaxInt64/10)*10, 100),
-		MaxCost:            maxCost,
-		BufferItems:        64,
-		IgnoreInternalCost: true,
-		OnEvict: func(it *ristretto.Item[entry]) {
-			c.taught[it.Value.hash&c.taughtMask].Store(0)
-			// Close empties the cache through the same callback; that is not
-			// an eviction anybody should see in a graph.
-			if !c.closed.Load() {
-				c.evictions.Add(1)
-			}
-		},
-		OnReject: func(it *ristretto.Item[entry]) {
-			c.taught[it.Value.hash&c.taughtMask].Store(0)
-			c.rejections.Add(1)
-		},
-		// An update of an existing key is applied at once, so a read that
-		// stamped before a write could replace the write's valid entry with
-		// its own dead one. Keep the newer of the two instead: entries of one
-		// key share a stripe, so their generations compare.
-		ShouldUpdate: func(cur, prev entry) bool { return cur.hash != prev.hash || cur.gen >= prev.gen },
-	})
+	in, err := c.newInstance(c.sized(initial))
 	if err != nil {
-		return nil, fmt.Errorf("etagcache: %w", err)
+		return nil, err
 	}
-	c.rc = rc
-	// One slot per entry the cache holds when full (a power of two, at
-	// most 4M: 32 MiB), so that keys seldom share one.
-	slots := uint64(1) << bits.Len64(uint64(min(max(expected, 1024), 1<<22))-1)
-	c.taught, c.taughtMask = make([]atomic.Uint64, slots), slots-1
+	c.live.Store(in)
 	return c, nil
 }
 
@@ -316,19 +292,25 @@ func (c *Cache) Learn(key string, s Stamp, v Version) {
 	if s.ctr != ctr || !s.current() {
 		return
 	}
-	slot := h & c.taughtMask
+	in := c.live.Load()
+	if in == nil {
+		return
+	}
+	slot := h & in.taughtMask
 	fp := c.fingerprint(h, s.gen, v)
-	if c.taught[slot].Load() == fp {
+	if in.taught[slot].Load() == fp {
 		return
 	}
 	// Noted before the store, so that an eviction or refusal that follows
-	// it clears the note.
-	c.taught[slot].Store(fp)
-	if e, ok := c.lookup(key); ok && e.hash == h && e.gen == s.gen && e.holds(v) {
+	// it clears the note. Should the store land in a newer instance, the
+	// note stays behind in this one, and the next read teaches the version
+	// again.
+	in.taught[slot].Store(fp)
+	if e, ok := in.rc.Get(key); ok && e.hash == h && e.gen == s.gen && e.holds(v) {
 		return
 	}
 	if !c.store(key, newEntry(h, s.gen, v)) {
-		c.taught[slot].CompareAndSwap(fp, 0)
+		in.taught[slot].CompareAndSwap(fp, 0)
 	}
 }
 
@@ -377,11 +359,10 @@ func (c *Cache) Update(key string, v Version) {
 func (c *Cache) settle(key string) {
 	c.storing.RLock()
 	defer c.storing.RUnlock()
-	if c.closed.Load() {
-		return
-	}
-	if _, ok := c.rc.Get(key); !ok {
-		c.rc.Wait()
+	if in := c.live.Load(); in != nil {
+		if _, ok := in.rc.Get(key); !ok {
+			in.rc.Wait()
+		}
 	}
 }
 
@@ -397,8 +378,8 @@ func (c *Cache) Forget(key string) {
 	// ristretto's buffer, which only a flood of new keys fills.
 	c.storing.RLock()
 	defer c.storing.RUnlock()
-	if !c.closed.Load() {
-		c.rc.Del(key)
+	if in := c.live.Load(); in != nil {
+		in.rc.Del(key)
 	}
 }
 
@@ -425,14 +406,16 @@ func (c *Cache) Peek(key string) (Version, bool) {
 	return e.version(), true
 }
 
-// lookup reads ristretto unless the cache is closed. The check takes no lock,
-// to keep lookups free of shared writes; Close gives a lookup that passed it
-// just before ample time to finish before ristretto is shut down.
+// lookup reads the live instance, if the cache is not closed. It takes no
+// lock, to keep lookups free of shared writes; an instance retired just
+// after a lookup loaded it is shut down closeGrace later, ample time for the
+// lookup to finish.
 func (c *Cache) lookup(key string) (entry, bool) {
-	if c.closed.Load() {
+	in := c.live.Load()
+	if in == nil {
 		return entry{}, false
 	}
-	return c.rc.Get(key)
+	return in.rc.Get(key)
 }
 
 // store reports whether ristretto took the entry (it may still refuse a
@@ -446,13 +429,17 @@ func (c *Cache) store(key string, e entry) bool {
 		}
 	}
 	c.storing.RLock()
-	defer c.storing.RUnlock()
-	if c.closed.Load() {
+	in := c.live.Load()
+	ok := in != nil && in.rc.SetWithTTL(key, e, cost, c.ttl)
+	c.storing.RUnlock()
+	switch {
+	case in == nil:
 		return false
-	}
-	if !c.rc.SetWithTTL(key, e, cost, c.ttl) {
+	case !ok:
 		c.drops.Add(1)
 		return false
+	case in.growAt != 0 && e.hash>>growCheckShift == 0:
+		c.grow(in)
 	}
 	return true
 }
@@ -478,16 +465,18 @@ type Stats struct {
 
 // Stats returns the cache's counters.
 func (c *Cache) Stats() Stats {
-	maxCost := c.rc.MaxCost()
-	return Stats{
+	s := Stats{
 		Hits:       c.hits.Load(),
 		Misses:     c.misses.Load(),
 		Evictions:  c.evictions.Load(),
 		Rejections: c.rejections.Load(),
 		Drops:      c.drops.Load(),
-		Cost:       maxCost - c.rc.RemainingCost(),
-		MaxCost:    maxCost,
+		MaxCost:    c.maxCost,
 	}
+	if in := c.live.Load(); in != nil {
+		s.Cost = c.maxCost - in.rc.RemainingCost()
+	}
+	return s
 }
 
 // Wait blocks until the stores made so far have been applied or refused.
@@ -495,33 +484,7 @@ func (c *Cache) Stats() Stats {
 func (c *Cache) Wait() {
 	c.storing.RLock()
 	defer c.storing.RUnlock()
-	if !c.closed.Load() {
-		c.rc.Wait()
+	if in := c.live.Load(); in != nil {
+		in.rc.Wait()
 	}
-}
-
-// closeGrace is how long a lookup that began before Close may still run in
-// ristretto before ristretto is shut down: lookups take microseconds.
-const closeGrace = time.Second
-
-// closing counts the caches whose ristretto is still to be shut down.
-var closing sync.WaitGroup
-
-// Close releases the cache's goroutines and memory. Calls that come after it
-// are harmless, and the cache then knows nothing; stores under way finish
-// first, and ristretto itself is shut down closeGrace later, once lookups
-// under way are done: a config reload retires a cache while requests of the
-// old config still use it, and ristretto panics when used as it closes.
-// Calling Close more than once, even concurrently, is harmless.
-func (c *Cache) Close() {
-	c.closeOnce.Do(func() {
-		c.storing.Lock()
-		c.closed.Store(true)
-		c.storing.Unlock()
-		closing.Add(1)
-		time.AfterFunc(closeGrace, func() {
-			defer closing.Done()
-			c.rc.Close()
-		})
-	})
 }

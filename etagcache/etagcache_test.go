@@ -254,7 +254,11 @@ func TestNeverOlderUnderLoad(t *testing.T) {
 	caches := []*Cache{
 		newCache(t, Config{Generations: gens, MaxEntries: 200}),
 		newCache(t, Config{Generations: gens, MaxEntries: 100}),
+		// One that the flood makes outgrow its instances, 64 entries to
+		// 512 to 4096 to 32,768, while writers and readers use it.
+		newSizedCache(t, Config{Generations: gens, MaxEntries: 1 << 15}, 64),
 	}
+	growing := caches[2]
 	keys := make([]string, nKeys)
 	for i := range keys {
 		keys[i] = fmt.Sprintf("example.com/api/items/%d", i)
@@ -342,7 +346,8 @@ func TestNeverOlderUnderLoad(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		elapsed := time.Since(start)
 		drops, rejections := refused()
-		enough := checked.Load() >= minChecked && drops > 0 && rejections > 0
+		grown := growing.live.Load().growAt == 0
+		enough := checked.Load() >= minChecked && drops > 0 && rejections > 0 && grown
 		if elapsed >= maxDuration || elapsed >= minDuration && enough {
 			break
 		}
@@ -361,6 +366,9 @@ func TestNeverOlderUnderLoad(t *testing.T) {
 	}
 	if drops == 0 {
 		t.Error("ristretto dropped no store: the test did not overflow its buffer")
+	}
+	if in := growing.live.Load(); in.growAt != 0 {
+		t.Errorf("the growing cache is still at its instance of %d entries: the test did not exercise growth", in.entries)
 	}
 	for _, c := range caches {
 		if s := c.Stats(); s.Cost > s.MaxCost {
@@ -435,13 +443,21 @@ func TestEntryOverhead(t *testing.T) {
 	closing.Wait()
 	before := settledHeap()
 	c := newCache(t, Config{MaxBytes: n * (EntryOverhead + 24), Generations: gens})
-	for i := range keys {
-		c.Record(keys[i], Version{Exists: true, ETag: etags[i]})
-		if i%1000 == 0 {
-			c.Wait()
+	// The cache starts small and forgets what it holds each time it grows:
+	// a second pass records what the first one lost.
+	for range 2 {
+		for i := range keys {
+			if _, ok := c.Peek(keys[i]); !ok {
+				c.Record(keys[i], Version{Exists: true, ETag: etags[i]})
+			}
+			if i%1000 == 0 {
+				c.Wait()
+			}
 		}
+		c.Wait()
 	}
-	c.Wait()
+	// The smaller instances it outgrew are shut down a moment later.
+	closing.Wait()
 	after := settledHeap()
 	// The ETags existed before the cache did; count them as the cache's.
 	heap := float64(after) - float64(before) + float64(n*24)
@@ -517,27 +533,37 @@ func TestNewGenerations(t *testing.T) {
 }
 
 // A config reload retires a cache while requests of the old config may
-// still record into it: Close must not race their stores into a panic.
+// still record into it: Close must not race their stores into a panic, nor
+// the growth that their stores set off.
 func TestCloseRacingStores(t *testing.T) {
 	for round := range 20 {
-		c, err := New(Config{MaxEntries: 1000})
+		c, err := newSized(Config{MaxEntries: 1000}, 16)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var wg sync.WaitGroup
+		var progress atomic.Int64
 		start := make(chan struct{})
 		for g := range 4 {
 			wg.Go(func() {
 				<-start
 				for i := range 500 {
-					key := fmt.Sprintf("r%d/g%d/k%d", round, g, i%50)
+					key := fmt.Sprintf("r%d/g%d/k%d", round, g, i%250)
 					c.Record(key, Version{Exists: true, ETag: `"x"`})
 					c.Learn(key, c.Stamp(key), Version{Exists: true, ETag: `"y"`})
-					c.Forget(key)
+					if i%4 == 0 {
+						c.Forget(key)
+					}
+					progress.Add(1)
 				}
 			})
 		}
 		close(start)
+		// Close at a different point of each round: before the first
+		// store, while the cache grows, once it has.
+		for progress.Load() < int64(round*100) {
+			runtime.Gosched()
+		}
 		c.Close()
 		wg.Wait()
 	}
@@ -660,9 +686,10 @@ func TestTaughtVersionShortcut(t *testing.T) {
 	}
 	// Gone from ristretto (as by eviction): the next read teaches it again.
 	s := c.Stamp("/doc")
-	c.rc.Del("/doc")
+	in := c.live.Load()
+	in.rc.Del("/doc")
 	c.Wait()
-	c.taught[c.gens.hash("/doc")&c.taughtMask].Store(0) // Del is no eviction; OnEvict clears it
+	in.taught[c.gens.hash("/doc")&in.taughtMask].Store(0) // Del is no eviction; OnEvict clears it
 	c.Learn("/doc", s, v2)
 	c.Wait()
 	if _, ok := c.Get("/doc"); !ok {
@@ -682,11 +709,12 @@ func TestEvictionClearsTaught(t *testing.T) {
 	}
 	c.Wait()
 	// Every key that is not in the cache must not be marked as taught.
+	in := c.live.Load()
 	for i := range 2000 {
 		k := "/k/" + strconv.Itoa(i)
 		h := c.gens.hash(k)
 		fp := c.fingerprint(h, c.Stamp(k).gen, Version{Exists: true, ETag: `"v"`})
-		if _, ok := c.Peek(k); !ok && c.taught[h&c.taughtMask].Load() == fp {
+		if _, ok := c.Peek(k); !ok && in.taught[h&in.taughtMask].Load() == fp {
 			t.Fatalf("%s is gone but marked as taught", k)
 		}
 	}
