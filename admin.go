@@ -300,10 +300,15 @@ func lookupKeys(given string) (canonical string, keys []string) {
 		paths = append(paths, reskey.Path(path, o)+query)
 	}
 	sites := []string{reskey.Host(site), reskey.HostName(site)}
+	canonical = sites[0] + paths[1]
+	if name, ok := reloads.siteNameOf(reskey.HostName(site)); ok {
+		// One of a site's names: the guard keys the site by its first.
+		sites = append([]string{name}, sites...)
+		canonical = name + paths[1]
+	}
 	if site != "" {
 		sites = append(sites, "")
 	}
-	canonical = sites[0] + paths[1]
 	keys = []string{given}
 	seen := map[string]bool{given: true}
 	for _, s := range sites {

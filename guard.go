@@ -28,6 +28,12 @@ import (
 // method is the method the request asks for: r.Method, or the one a method
 // override header names.
 func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, method string) error {
+	if h.config != nil {
+		if !h.config.enter() {
+			return h.refuseStopped(w, r)
+		}
+		defer h.config.exit()
+	}
 	key := h.resourceKey(r)
 	if outer, _ := r.Context().Value(guardedCtxKey{}).(string); outer == key {
 		// An outer guard checked this write and holds this resource's lock.
@@ -238,6 +244,19 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	h.abandon(held.key)
 	held.finish(0, "", "")
 	return h.upstreamFailed(w, r, ctx, err)
+}
+
+// refuseStopped answers a write that reaches a configuration after it was
+// replaced and its writes were done: the replacing one serves the retry.
+func (h *Handler) refuseStopped(w http.ResponseWriter, r *http.Request) error {
+	h.logRejection(r, outcomeBusy, "")
+	return h.refuse(w, r, problem{
+		Type:       problemResourceBusy,
+		Title:      "Resource busy",
+		Status:     http.StatusConflict,
+		Detail:     "This server's configuration was being replaced when the write arrived. Retry after the time given in Retry-After, with the same precondition.",
+		retryAfter: 1,
+	})
 }
 
 // refuseSuperseded refuses, without waiting for the lock, a write that names

@@ -524,6 +524,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// A method the guard lets through may still change the resource (a POST
 	// that updates it): whatever version was known may be old once the
 	// upstream answers. It is not serialized; guard it to serialize it.
+	if h.config != nil {
+		if !h.config.enter() {
+			return h.refuseStopped(w, r)
+		}
+		defer h.config.exit()
+	}
 	unguarded := &heldWrite{h: h, key: h.resourceKey(r), method: method}
 	defer unguarded.finish(0, "", "")
 	return next.ServeHTTP(&outcomeWriter{

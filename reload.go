@@ -2,6 +2,7 @@ package writeguard
 
 import (
 	"context"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,7 +56,8 @@ type liveConfig struct {
 	active  atomic.Bool
 	namings map[string]struct{}
 	// unfenced counts writes under way that took no fence lock; writes is
-	// all guarded writes under way.
+	// all writes under way, from their first byte of body on, or
+	// writesClosed once the configuration has stopped and they are done.
 	unfenced atomic.Int64
 	writes   atomic.Int64
 }
@@ -89,14 +91,36 @@ func (reg *configRegistry) join(done <-chan struct{}, h *Handler, forgetAll func
 // write_timeout, and a configuration rarely outlives its grace period.
 const drainLimit = 5 * time.Minute
 
-// watch waits for cfg to stop and its guarded writes to end, then lets it go.
+// writesClosed is far enough below zero that no count of writes under way
+// brings it back up.
+const writesClosed = math.MinInt64 / 2
+
+// watch waits for cfg to stop and its writes to end, then lets it go. Caddy
+// stops a configuration as soon as the next one serves: its requests under
+// way, the writes still sending their body among them, go on.
 func (reg *configRegistry) watch(cfg *liveConfig) {
 	<-cfg.done
-	for deadline := time.Now().Add(drainLimit); cfg.writes.Load() > 0 && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
+	for deadline := time.Now().Add(drainLimit); !cfg.writes.CompareAndSwap(0, writesClosed); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			cfg.writes.Add(writesClosed)
+			break
+		}
 	}
 	reg.leave(cfg)
 }
+
+// enter counts a write in, from its first byte on; false once cfg has
+// stopped and let go: nothing would serialize the write with the
+// configuration that replaced it.
+func (cfg *liveConfig) enter() bool {
+	if cfg.writes.Add(1) < 0 {
+		cfg.writes.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (cfg *liveConfig) exit() { cfg.writes.Add(-1) }
 
 func (reg *configRegistry) leave(cfg *liveConfig) {
 	reg.mu.Lock()
@@ -212,7 +236,6 @@ func (h *Handler) enterFence(ctx context.Context, path string) (fence, error) {
 	if cfg == nil {
 		return fence{}, nil
 	}
-	cfg.writes.Add(1)
 	f := fence{cfg: cfg}
 	if !h.reg.overlap.Load() {
 		cfg.unfenced.Add(1)
@@ -232,11 +255,9 @@ func (h *Handler) enterFence(ctx context.Context, path string) (fence, error) {
 	err := h.reg.awaitUnfenced(waitCtx, cfg)
 	cancel()
 	if err != nil {
-		cfg.writes.Add(-1)
 		return fence{}, err
 	}
 	if err := h.lock(ctx, key); err != nil {
-		cfg.writes.Add(-1)
 		return fence{}, err
 	}
 	f.key = key
@@ -254,7 +275,6 @@ func (f fence) leave(h *Handler) {
 	if f.none {
 		f.cfg.unfenced.Add(-1)
 	}
-	f.cfg.writes.Add(-1)
 }
 
 // awaitUnfenced waits until no other configuration has a write under way

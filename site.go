@@ -226,3 +226,30 @@ func routeHosts(route caddyhttp.Route) []string {
 	}
 	return hosts
 }
+
+// siteNameOf returns the name of the site that serves host, as the live
+// configurations' guards have found it: the admin API takes any of a site's
+// names for the site.
+func (reg *configRegistry) siteNameOf(host string) (string, bool) {
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	for _, cfg := range reg.live {
+		for _, h := range cfg.handlers {
+			if name, ok := h.sites.nameOf(host); ok {
+				return name, true
+			}
+		}
+	}
+	return "", false
+}
+
+func (c *siteCache) nameOf(host string) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.by {
+		if name, ok := s.names[host]; ok {
+			return name, true
+		}
+	}
+	return "", false
+}
