@@ -196,10 +196,12 @@ type redisReport struct {
 	Error           string     `json:"error,omitempty"`
 	Checked         *time.Time `json:"checked,omitempty"`
 	// LocksVanished counts locks whose key vanished while a write held
-	// them (evicted, flushed, deleted); LocksExpired those that expired
-	// unrenewed.
+	// them (evicted, flushed, deleted) and that another write may have
+	// taken; LocksExpired those that expired unrenewed; LocksRestored lock
+	// keys that vanished and were put back before anyone else took them.
 	LocksVanished int64 `json:"locks_vanished"`
 	LocksExpired  int64 `json:"locks_expired"`
+	LocksRestored int64 `json:"locks_restored"`
 }
 
 // redisStoreReports lists every Redis store in use, in a stable order.
@@ -215,7 +217,7 @@ func redisStoreReports() []redisReport {
 			Addresses: cfg.Addrs, KeyPrefix: cfg.KeyPrefix, DB: cfg.DB,
 			Eviction:      "unknown",
 			Error:         d.Err,
-			LocksVanished: d.LocksVanished, LocksExpired: d.LocksExpired,
+			LocksVanished: d.LocksVanished, LocksExpired: d.LocksExpired, LocksRestored: d.LocksRestored,
 		}
 		if !d.Checked.IsZero() {
 			checked := d.Checked.UTC()
@@ -430,6 +432,12 @@ func (hw *heldWrite) endShared(record bool, v *etagcache.Version) {
 	}
 	switch {
 	case err == nil:
+		if hw.lease.Restored() {
+			if c := h.logger.Check(zapcore.WarnLevel, "Redis dropped the key of a lock while a write held it (evicted or deleted); it was put back before another instance could take the lock, so nothing was lost. "+
+				"Give the guard a Redis with maxmemory-policy noeviction (or no maxmemory), used by nothing else"); c != nil {
+				c.Write(zap.String("key", hw.key))
+			}
+		}
 		return
 	case errors.Is(err, redisstore.ErrLockLost):
 		h.lockLost(hw.key, err)

@@ -45,8 +45,8 @@ func hangingWrites(store *backend.Store) (next caddyhttp.Handler, entered <-chan
 	}), in, out
 }
 
-// A write whose lock key vanished under it (evicted, flushed) is logged as
-// such, not as failed renewals, and leaves its resource untrusted in Redis
+// A write whose lock vanished under it (flushed; or evicted, with the copy
+// of its holder) is logged as such, not as failed renewals, and leaves its resource untrusted in Redis
 // for untrustedFor, however short cache_ttl is.
 func TestLockLostIsNamedAndDistrusted(t *testing.T) {
 	for _, tc := range []struct {
@@ -71,7 +71,7 @@ func TestLockLostIsNamedAndDistrusted(t *testing.T) {
 			go func() { done <- serve(t, h, next, "PUT", "/doc", "v2", "If-Match: "+tag).Code }()
 			<-entered
 			ctx := context.Background()
-			if err := srv.Client().Del(ctx, "write_guard:lock:{example.com/doc}").Err(); err != nil {
+			if err := srv.Client().FlushAll(ctx).Err(); err != nil {
 				t.Fatal(err)
 			}
 			close(release)
@@ -102,6 +102,37 @@ func TestLockLostIsNamedAndDistrusted(t *testing.T) {
 				t.Errorf("counted %d vanished locks", d.LocksVanished)
 			}
 		})
+	}
+}
+
+// A lock key evicted alone is put back: the write goes on, its version is
+// kept, and the log says that Redis dropped a key.
+func TestLockKeyPutBackIsLogged(t *testing.T) {
+	srv := redistest.Start(t)
+	h, logs := redisHandler(t, srv, &Handler{})
+	store := backend.New()
+	store.Put("/doc", []byte("v1"))
+	tag := serve(t, h, storeHandler(store), "GET", "/doc", "").Header().Get("ETag")
+	next, entered, release := hangingWrites(store)
+	done := make(chan int)
+	go func() { done <- serve(t, h, next, "PUT", "/doc", "v2", "If-Match: "+tag).Code }()
+	<-entered
+	ctx := context.Background()
+	if err := srv.Client().Del(ctx, "write_guard:lock:{example.com/doc}").Err(); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	if code := <-done; code != 200 {
+		t.Fatalf("PUT: %d", code)
+	}
+	if v, known, _, _, _ := h.redis.Peek(ctx, "example.com/doc"); !known || v.ETag != store.ETagOf([]byte("v2")) {
+		t.Fatalf("version %+v known %v", v, known)
+	}
+	if left, _ := h.redis.Untrusted(ctx, "example.com/doc"); left != 0 {
+		t.Fatal("untrusted although nothing was lost")
+	}
+	if n := logs.FilterLevelExact(zapcore.WarnLevel).FilterMessageSnippet("put back").Len(); n != 1 || logs.FilterLevelExact(zapcore.ErrorLevel).Len() != 0 {
+		t.Fatalf("logged %v", logs.All())
 	}
 }
 

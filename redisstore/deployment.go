@@ -34,8 +34,10 @@ type Deployment struct {
 	// the store has.
 	Evicts bool
 	// LocksVanished and LocksExpired count the locks lost while held since
-	// the store was created, by cause (see Loss).
-	LocksVanished, LocksExpired int64
+	// the store was created, by cause (see Loss); LocksRestored the lock
+	// keys that vanished while held and were put back before anyone else
+	// took them.
+	LocksVanished, LocksExpired, LocksRestored int64
 }
 
 // Deployment returns what the last check found (Checked is zero before the
@@ -48,7 +50,7 @@ func (s *Store) Deployment() Deployment {
 	if last := s.checks.last.Load(); last != nil {
 		d = *last
 	}
-	d.LocksVanished, d.LocksExpired = s.vanished.Load(), s.expired.Load()
+	d.LocksVanished, d.LocksExpired, d.LocksRestored = s.vanished.Load(), s.expired.Load(), s.restored.Load()
 	return d
 }
 

@@ -122,8 +122,9 @@ type Store struct {
 	// What the last check of the deployment found, and the checks' state
 	// (deployment.go).
 	checks checker
-	// Locks lost while held, by cause, since the store was created.
-	vanished, expired atomic.Int64
+	// Locks lost while held, by cause, and lock keys put back after they
+	// vanished, since the store was created.
+	vanished, expired, restored atomic.Int64
 }
 
 // New connects lazily: it fails only on a bad configuration, and Redis
@@ -183,14 +184,47 @@ func (s *Store) keys(key string) []string {
 // Version fields in the hash: x (exists: "1" or "0"), e (entity-tag), m
 // (Last-Modified, Unix seconds, "" if unknown), s (superseded tags, one per
 // line), g (generation). x, e, m and s are present together or not at all.
+// While the lock is held, h and hx copy its token and expiry (Redis's
+// clock, in milliseconds): a lock key that vanishes alone, as an eviction
+// can make it, is put back rather than taken by another holder.
 //
 // KEYS of every script: lock, version, untrusted (see keys).
 
-// untrust is the Lua that marks a resource untrusted for ARGV[untrustArg]
-// milliseconds (never shortening a mark already there) and makes its
-// version unknown: no version recorded before now may be trusted, and
-// the generation tells a holder that found one not to put it back.
-const untrust = `
+// prelude holds the Lua that several scripts share.
+const prelude = `
+if redis.replicate_commands then redis.replicate_commands() end
+
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- hold copies the lock's token and expiry into the version hash.
+local function hold(token, ttl, verTTL)
+  redis.call('HSET', KEYS[2], 'h', token, 'hx', now() + tonumber(ttl))
+  redis.call('PEXPIRE', KEYS[2], verTTL)
+end
+
+-- mine reports whether token holds the lock: its key says so, or the key
+-- is gone and the copy still names token, in which case nobody else can
+-- have taken it since (whoever tried would have found the copy and put
+-- the key back) and it is put back.
+local function mine(token, ttl)
+  local cur = redis.call('GET', KEYS[1])
+  if cur then
+    return cur == token, false
+  end
+  if redis.call('HGET', KEYS[2], 'h') ~= token then
+    return false, false
+  end
+  redis.call('SET', KEYS[1], token, 'PX', ttl)
+  return true, true
+end
+
+-- untrust marks the resource untrusted for ttl milliseconds (never
+-- shortening a mark already there) and makes its version unknown: no
+-- version recorded before now may be trusted, and the generation tells a
+-- holder that found one not to put it back.
 local function untrust(ttl, verTTL)
   redis.call('HDEL', KEYS[2], 'x', 'e', 'm', 's')
   redis.call('HINCRBY', KEYS[2], 'g', 1)
@@ -202,40 +236,59 @@ end
 `
 
 // acquire takes the lock if it is free, and the version with it, unless the
-// resource is untrusted. It returns 1, x, e, m, s, g, untrusted; or 0 and
-// the lock's remaining TTL.
-var acquire = redis.NewScript(`
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local v = redis.call('HMGET', KEYS[2], 'x', 'e', 'm', 's', 'g')
-  redis.call('HDEL', KEYS[2], 'x', 'e', 'm', 's')
-  local untrusted = redis.call('EXISTS', KEYS[3])
-  if untrusted == 1 then
-    v[1] = false
-  end
-  return {1, v[1], v[2], v[3], v[4], v[5], untrusted}
+// resource is untrusted. ARGV: token, lock ttl, version ttl. It returns 1,
+// x, e, m, s, g, untrusted; or 0, the lock's remaining TTL, and 1 if the
+// lock's key had vanished under a live holder and was put back.
+var acquire = redis.NewScript(prelude + `
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {0, redis.call('PTTL', KEYS[1]), 0}
 end
-return {0, redis.call('PTTL', KEYS[1])}
+local h = redis.call('HMGET', KEYS[2], 'h', 'hx')
+if h[1] and h[1] ~= ARGV[1] then
+  local left = tonumber(h[2] or '0') - now()
+  if left > 0 then
+    redis.call('SET', KEYS[1], h[1], 'PX', left)
+    return {0, left, 1}
+  end
+end
+hold(ARGV[1], ARGV[2], ARGV[3])
+local v = redis.call('HMGET', KEYS[2], 'x', 'e', 'm', 's', 'g')
+redis.call('HDEL', KEYS[2], 'x', 'e', 'm', 's')
+local untrusted = redis.call('EXISTS', KEYS[3])
+if untrusted == 1 then
+  v[1] = false
+end
+return {1, v[1], v[2], v[3], v[4], v[5], untrusted}
 `)
 
 // renew extends the lock if the caller still holds it. ARGV: token, lock
-// ttl, version ttl, untrust ttl. A lock that is gone or someone else's
-// makes the resource untrusted: another write may have overlapped the
-// caller's.
-var renew = redis.NewScript(untrust + `
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+// ttl, version ttl, untrust ttl. It returns 1, or 2 if the lock's key had
+// vanished and was put back; 0 if the lock is gone or someone else's,
+// which makes the resource untrusted: another write may have overlapped
+// the caller's.
+var renew = redis.NewScript(prelude + `
+local held, restored = mine(ARGV[1], ARGV[2])
+if not held then
+  untrust(ARGV[4], ARGV[3])
+  return 0
 end
-untrust(ARGV[4], ARGV[3])
-return 0
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+hold(ARGV[1], ARGV[2], ARGV[3])
+if restored then
+  return 2
+end
+return 1
 `)
 
 // release ends a hold. ARGV: token, mode, version ttl, generation found,
-// x e m s, untrust ttl. Mode "record": a write completed and made this
-// version ("" x: nobody knows which); "restore": no write was forwarded,
-// put back the version found (if the generation shows nobody wrote
-// meanwhile). Nothing is put back while the resource is untrusted.
-var release = redis.NewScript(untrust + `
-local held = redis.call('GET', KEYS[1]) == ARGV[1]
+// x e m s, untrust ttl, lock ttl. Mode "record": a write completed and
+// made this version ("" x: nobody knows which); "restore": no write was
+// forwarded, put back the version found (if the generation shows nobody
+// wrote meanwhile). Nothing is put back while the resource is untrusted.
+// It returns 1, or 2 if the lock's key had vanished (and nobody had taken
+// it); 0 if the lock was lost.
+var release = redis.NewScript(prelude + `
+local held, restored = mine(ARGV[1], ARGV[10])
 if ARGV[2] == 'record' then
   redis.call('HINCRBY', KEYS[2], 'g', 1)
 end
@@ -253,8 +306,12 @@ end
 if put then
   redis.call('HSET', KEYS[2], 'x', ARGV[5], 'e', ARGV[6], 'm', ARGV[7], 's', ARGV[8])
 end
+redis.call('HDEL', KEYS[2], 'h', 'hx')
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('DEL', KEYS[1])
+if restored then
+  return 2
+end
 return 1
 `)
 
@@ -268,7 +325,7 @@ return 1
 
 // distrust marks a resource untrusted without the lock. ARGV: version ttl,
 // untrust ttl.
-var distrust = redis.NewScript(untrust + `
+var distrust = redis.NewScript(prelude + `
 untrust(ARGV[2], ARGV[1])
 return 1
 `)
@@ -313,9 +370,12 @@ type Lease struct {
 	// Only the renewal goroutine writes it until done is closed.
 	validUntil time.Time
 	lost       atomic.Int32 // a Loss
-	stop       chan struct{}
-	done       chan struct{}
-	finish     sync.Once
+	// restored: the lock's key vanished while held and was put back before
+	// anyone else took it.
+	restored atomic.Bool
+	stop     chan struct{}
+	done     chan struct{}
+	finish   sync.Once
 }
 
 // Lock waits until it holds key's lock, ctx ends (ctx.Err()), or Redis
@@ -328,7 +388,7 @@ func (s *Store) Lock(ctx context.Context, key string) (*Lease, error) {
 	backoff := 2 * time.Millisecond
 	for {
 		sent := time.Now()
-		res, err := acquire.Run(ctx, s.rdb, l.keys, l.token, s.lockTTL).Slice()
+		res, err := acquire.Run(ctx, s.rdb, l.keys, l.token, s.lockTTL, s.versionTTL).Slice()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -345,6 +405,9 @@ func (s *Store) Lock(ctx context.Context, key string) (*Lease, error) {
 			l.stop, l.done = make(chan struct{}), make(chan struct{})
 			go l.renew()
 			return l, nil
+		}
+		if len(res) > 2 && res[2] == int64(1) {
+			s.restored.Add(1)
 		}
 		wait := backoff/2 + time.Duration(mathrand.Int64N(int64(backoff)))
 		if len(res) > 1 {
@@ -386,6 +449,9 @@ func (l *Lease) renew() {
 			l.lose(time.Now())
 			return
 		case err == nil:
+			if n == 2 {
+				l.restore()
+			}
 			l.validUntil = sent.Add(l.s.cfg.LockTTL)
 		case !time.Now().Before(l.validUntil):
 			// Unrenewed for a whole TTL: the lock has expired by now.
@@ -405,6 +471,13 @@ func (l *Lease) lose(now time.Time) {
 	}
 	if l.lost.CompareAndSwap(int32(NotLost), int32(cause)) {
 		counter.Add(1)
+	}
+}
+
+// restore notes that the lock's key had vanished and was put back.
+func (l *Lease) restore() {
+	if l.restored.CompareAndSwap(false, true) {
+		l.s.restored.Add(1)
 	}
 }
 
@@ -437,6 +510,11 @@ func (l *Lease) Untrusted() bool { return l.untrusted }
 // holder's.
 func (l *Lease) Lost() bool { return l.Cause() != NotLost }
 
+// Restored reports whether the lock's key vanished while held (evicted,
+// deleted) and was put back before another holder took it: nothing was
+// lost, but Redis dropped a key it should have kept.
+func (l *Lease) Restored() bool { return l.restored.Load() }
+
 // Cause says why the lock was lost, NotLost if it was not (as far as the
 // lease knows yet).
 func (l *Lease) Cause() Loss { return Loss(l.lost.Load()) }
@@ -464,9 +542,12 @@ func (l *Lease) end(ctx context.Context, mode string, v *etagcache.Version) erro
 		<-l.done
 		args := []any{l.token, mode, l.s.versionTTL, l.gen}
 		args = append(args, formatVersion(v)...)
-		args = append(args, l.s.untrustTTL)
+		args = append(args, l.s.untrustTTL, l.s.lockTTL)
 		var n int
 		n, err = release.Run(ctx, l.s.rdb, l.keys, args...).Int()
+		if n == 2 {
+			l.restore()
+		}
 		if err == nil && n == 0 {
 			l.lose(time.Now())
 			err = ErrLockExpired

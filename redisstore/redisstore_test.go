@@ -215,10 +215,82 @@ func TestRenewalOutlastsTTL(t *testing.T) {
 	}
 }
 
-// A holder whose lock vanished (evicted, flushed, a failover to a replica
-// that had not seen it) learns so at its next renewal, names it as such,
-// and makes the resource untrusted there and then; what it records is not
-// trusted.
+// A lock key that vanishes alone (as an eviction can make it) is put back:
+// whoever tries to take the lock meanwhile finds the holder's copy and
+// waits, and the holder's next renewal restores it.
+func TestVanishedLockKeyIsPutBack(t *testing.T) {
+	srv := redistest.Start(t)
+	const ttl = 300 * time.Millisecond
+	a, b := newStore(t, srv, Config{LockTTL: ttl}), newStore(t, srv, Config{LockTTL: ttl})
+	ctx := context.Background()
+	lock(t, a, "/doc").Record(ctx, &etagcache.Version{Exists: true, ETag: `"v1"`})
+
+	// Put back by another client's attempt.
+	l := lock(t, a, "/doc")
+	if err := srv.Client().Del(ctx, a.keys("/doc")[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if lb := tryLock(t, b, "/doc", 3*ttl); lb != nil {
+		t.Fatal("another client took a lock whose key had vanished under a live holder")
+	}
+	if d := b.Deployment(); d.LocksRestored == 0 {
+		t.Error("the client that put the key back did not count it")
+	}
+	if err := l.Record(ctx, &etagcache.Version{Exists: true, ETag: `"v2"`}); err != nil || l.Lost() {
+		t.Fatalf("Record: %v, lost %v", err, l.Lost())
+	}
+
+	// Put back by the holder's renewal.
+	l = lock(t, a, "/doc")
+	if got, _ := l.Found(); got.ETag != `"v2"` {
+		t.Fatalf("found %+v", got)
+	}
+	if err := srv.Client().Del(ctx, a.keys("/doc")[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !l.Restored() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !l.Restored() || l.Lost() {
+		t.Fatalf("restored %v, lost %v", l.Restored(), l.Lost())
+	}
+	if n, _ := srv.Client().Exists(ctx, a.keys("/doc")[0]).Result(); n != 1 {
+		t.Fatal("the renewal did not put the key back")
+	}
+	if err := l.Record(ctx, &etagcache.Version{Exists: true, ETag: `"v3"`}); err != nil {
+		t.Fatal(err)
+	}
+	if v, known, _, locked, _ := a.Peek(ctx, "/doc"); !known || v.ETag != `"v3"` || locked {
+		t.Fatalf("after release: %+v known %v locked %v", v, known, locked)
+	}
+	if left, _ := a.Untrusted(ctx, "/doc"); left != 0 {
+		t.Fatal("a lock put back made the resource untrusted")
+	}
+
+	// Put back at release, before any renewal.
+	l = lock(t, a, "/doc")
+	srv.Client().Del(ctx, a.keys("/doc")[0])
+	if err := l.Restore(ctx, nil); err != nil || !l.Restored() {
+		t.Fatalf("Restore: %v, restored %v", err, l.Restored())
+	}
+	if d := a.Deployment(); d.LocksRestored != 2 || d.LocksVanished != 0 {
+		t.Fatalf("counted %d restored, %d vanished", d.LocksRestored, d.LocksVanished)
+	}
+}
+
+// deleteHold deletes key's lock and the copy of its holder, as a FLUSHALL
+// does, or an eviction of both keys.
+func deleteHold(t *testing.T, srv *redistest.Server, s *Store, key string) {
+	t.Helper()
+	if err := srv.Client().Del(context.Background(), s.keys(key)[:2]...).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A holder whose lock vanished with its copy (flushed, both keys evicted, a
+// failover to a replica that had seen neither) learns so at its next
+// renewal, names it as such, and makes the resource untrusted there and
+// then; what it records is not trusted.
 func TestVanishedLockIsNamedAtRenewal(t *testing.T) {
 	srv := redistest.Start(t)
 	// Renewed every 333 ms: the renewal that finds the key gone comes long
@@ -226,9 +298,7 @@ func TestVanishedLockIsNamedAtRenewal(t *testing.T) {
 	s := newStore(t, srv, Config{LockTTL: time.Second})
 	ctx := context.Background()
 	l := lock(t, s, "/doc")
-	if err := srv.Client().Del(ctx, s.keys("/doc")[0]).Err(); err != nil {
-		t.Fatal(err)
-	}
+	deleteHold(t, srv, s, "/doc")
 	for deadline := time.Now().Add(5 * time.Second); !l.Lost() && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -303,9 +373,7 @@ func TestOverlapAfterVanishedLockLeavesNoVersion(t *testing.T) {
 	lock(t, a, "/doc").Record(ctx, &etagcache.Version{Exists: true, ETag: `"v1"`})
 
 	la := lock(t, a, "/doc")
-	if err := srv.Client().Del(ctx, a.keys("/doc")[0]).Err(); err != nil {
-		t.Fatal(err)
-	}
+	deleteHold(t, srv, a, "/doc")
 	lb := tryLock(t, b, "/doc", time.Second)
 	if lb == nil {
 		t.Fatal("the vanished lock could not be taken")
