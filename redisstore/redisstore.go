@@ -272,6 +272,8 @@ if not held then
   untrust(ARGV[4], ARGV[3])
   return 0
 end
+-- PEXPIRE first: a Redis out of memory (noeviction) refuses HSET in a
+-- script only until the script has written.
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 hold(ARGV[1], ARGV[2], ARGV[3])
 if restored then

@@ -486,6 +486,36 @@ func hashTag(k string) string {
 	return k
 }
 
+// A Redis that is full and evicts nothing (noeviction) refuses new keys,
+// but renewals go on: a write that holds a lock keeps it.
+func TestRenewalWorksOnAFullRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	const ttl = 600 * time.Millisecond
+	s := newStore(t, srv, Config{LockTTL: ttl})
+	l := lock(t, s, "/doc")
+	ctx := context.Background()
+	rdb := srv.Client()
+	if err := rdb.ConfigSet(ctx, "maxmemory-policy", "noeviction").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ConfigSet(ctx, "maxmemory", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Set(ctx, "other", "x", 0).Err(); err == nil || !strings.Contains(err.Error(), "OOM") {
+		t.Fatalf("Redis is not full: %v", err)
+	}
+	time.Sleep(3 * ttl) // several renewals
+	if l.Lost() {
+		t.Fatal("the lock was lost on a full Redis")
+	}
+	if n, _ := rdb.Exists(ctx, s.keys("/doc")[0]).Result(); n != 1 {
+		t.Fatal("the lock expired on a full Redis")
+	}
+	if err := l.Restore(ctx, nil); err != nil {
+		t.Fatalf("Restore on a full Redis: %v", err)
+	}
+}
+
 // Redis down: Lock fails fast with Redis's error, not the caller's
 // deadline, and works again once Redis is back.
 func TestRedisDown(t *testing.T) {
