@@ -13,16 +13,19 @@
 // write made. Lock and hash share a Redis Cluster hash slot, so each of
 // these steps is one atomic script.
 //
-// A lock is only as good as Redis's keeping of its key. When the key
-// vanishes while its holder's write runs (Redis evicted it under maxmemory,
-// a FLUSHALL or FLUSHDB removed it, a failover lost it), another instance
-// can take the lock at once and write the same resource: nothing left in
-// Redis can tell it otherwise. The holder learns of it at its next renewal
-// or at release, whichever comes first, and then marks the resource
-// untrusted: a third key in the same slot, with a TTL of its own, while
-// which no version is found with the lock or stored at release, so that
-// every instance asks the upstream. Deployment reports whether the Redis
-// deployment can evict the store's keys at all.
+// A lock is only as good as Redis's keeping of its key. The hash also holds
+// a copy of the lock's token and expiry, so that a lock key that vanishes
+// alone while its holder's write runs (as an eviction under maxmemory
+// drops one key at a time) is put back, by whoever tries to take the lock
+// or by the holder. When both vanish (FLUSHALL or FLUSHDB, both evicted, a
+// failover to a replica that had neither), another instance can take the
+// lock at once and write the same resource: nothing left in Redis can tell
+// it otherwise. The holder learns of it at its next renewal or at release,
+// whichever comes first, and then marks the resource untrusted: a third
+// key in the same slot, with a TTL of its own, while which no version is
+// found with the lock or stored at release, so that every instance asks
+// the upstream. Deployment reports whether the Redis deployment can evict
+// the store's keys at all.
 package redisstore
 
 import (
