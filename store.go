@@ -166,12 +166,12 @@ func logDeployment(cfg StoreConfig) func(redisstore.Deployment) {
 		switch {
 		case d.Evicts:
 			logger.Error("Redis may evict write_guard's keys: it has a maxmemory and a maxmemory-policy other than noeviction (volatile-* policies evict the guard's keys too, since they all carry a TTL). "+
-				"A lock evicted while its write runs lets a second write to the resource in at once, and an update can be lost. "+
+				"A write's lock evicted with the copy of its holder while the write runs lets a second write to the resource in at once, and an update can be lost. "+
 				"Set maxmemory-policy noeviction, or give the guard a Redis of its own without maxmemory",
 				append(fields, zap.String("maxmemory_policy", d.Policy), zap.Int64("maxmemory", d.MaxMemory))...)
 		case !d.Known:
 			logger.Warn("could not read Redis's maxmemory-policy, so whether it may evict write_guard's keys is unknown. "+
-				"A lock evicted while its write runs lets a second write to the resource in at once, and an update can be lost. "+
+				"A write's lock evicted with the copy of its holder while the write runs lets a second write to the resource in at once, and an update can be lost. "+
 				"Make sure the policy is noeviction, or that no maxmemory is set",
 				append(fields, zap.String("error", d.Err))...)
 		default:
@@ -478,12 +478,12 @@ func (h *Handler) lockLost(key string, err error) {
 }
 
 // untrustedFor is how long a resource stays untrusted after its lock was
-// lost: cache_ttl, the longest any version recorded before the loss would
-// have been trusted, and at least write_timeout plus lock_ttl, so that
-// every write that could have overlapped the lost one (each was checked
-// before the holder noticed, at most lock_ttl/3 after the loss at its next
-// renewal, and gets the upstream's answer within write_timeout) has
-// ended before versions are trusted again.
+// lost: cache_ttl, as long as a version recorded before the loss could
+// have been trusted, or write_timeout plus lock_ttl if that is longer.
+// Every write that could have overlapped the lost one was checked before
+// the holder noticed (at its next renewal, within lock_ttl/3 of the loss,
+// or at its release) and gets the upstream's answer within write_timeout:
+// all of them have ended before a version is trusted again.
 func (h *Handler) untrustedFor() time.Duration {
 	lockTTL := redisstore.DefaultLockTTL
 	if h.redis != nil {
