@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -130,6 +131,7 @@ func attachRedis(cfg StoreConfig, versionTTL time.Duration) (*redisstore.Store, 
 			LockTTL:    time.Duration(cfg.LockTTL),
 			VersionTTL: versionTTL,
 			Timeout:    time.Duration(cfg.Timeout),
+			OnCheck:    logDeployment(cfg),
 		}
 		if cfg.TLS {
 			rc.TLS = &tls.Config{
@@ -148,6 +150,95 @@ func attachRedis(cfg StoreConfig, versionTTL time.Duration) (*redisstore.Store, 
 		return nil, "", err
 	}
 	return v.(sharedRedis).Store, key, nil
+}
+
+// logDeployment returns what logs each check of a Redis store's
+// deployment: loudly when Redis may evict the guard's keys or will not
+// say. No resource key is involved.
+func logDeployment(cfg StoreConfig) func(redisstore.Deployment) {
+	return func(d redisstore.Deployment) {
+		logger := caddy.Log().Named("http.handlers.write_guard")
+		prefix := cfg.KeyPrefix
+		if prefix == "" {
+			prefix = redisstore.DefaultKeyPrefix
+		}
+		fields := []zap.Field{zap.Strings("addresses", cfg.Addresses), zap.String("key_prefix", prefix), zap.Int("db", cfg.DB)}
+		switch {
+		case d.Evicts:
+			logger.Error("Redis may evict write_guard's keys: it has a maxmemory and a maxmemory-policy other than noeviction (volatile-* policies evict the guard's keys too, since they all carry a TTL). "+
+				"A write's lock evicted with the copy of its holder while the write runs lets a second write to the resource in at once, and an update can be lost. "+
+				"Set maxmemory-policy noeviction, or give the guard a Redis of its own without maxmemory",
+				append(fields, zap.String("maxmemory_policy", d.Policy), zap.Int64("maxmemory", d.MaxMemory))...)
+		case !d.Known:
+			logger.Warn("could not read Redis's maxmemory-policy, so whether it may evict write_guard's keys is unknown. "+
+				"A write's lock evicted with the copy of its holder while the write runs lets a second write to the resource in at once, and an update can be lost. "+
+				"Make sure the policy is noeviction, or that no maxmemory is set",
+				append(fields, zap.String("error", d.Err))...)
+		default:
+			logger.Info("Redis keeps write_guard's keys until they expire (no eviction)",
+				append(fields, zap.String("maxmemory_policy", d.Policy), zap.Int64("maxmemory", d.MaxMemory))...)
+		}
+	}
+}
+
+// redisReport is what the admin API shows of one Redis store: whether its
+// deployment can keep the guard's locks, and how many it lost.
+type redisReport struct {
+	Addresses []string `json:"addresses"`
+	KeyPrefix string   `json:"key_prefix"`
+	DB        int      `json:"db,omitempty"`
+	// Eviction is "impossible" (noeviction, or no maxmemory), "possible"
+	// (Redis may evict the guard's keys: updates can be lost) or
+	// "unknown" (CONFIG refused, or Redis not reached yet).
+	Eviction        string     `json:"eviction"`
+	MaxmemoryPolicy string     `json:"maxmemory_policy,omitempty"`
+	Maxmemory       *int64     `json:"maxmemory,omitempty"`
+	Error           string     `json:"error,omitempty"`
+	Checked         *time.Time `json:"checked,omitempty"`
+	// LocksVanished counts locks whose key vanished while a write held
+	// them (evicted, flushed, deleted) and that another write may have
+	// taken; LocksExpired those that expired unrenewed; LocksRestored lock
+	// keys that vanished and were put back before anyone else took them.
+	LocksVanished int64 `json:"locks_vanished"`
+	LocksExpired  int64 `json:"locks_expired"`
+	LocksRestored int64 `json:"locks_restored"`
+}
+
+// redisStoreReports lists every Redis store in use, in a stable order.
+func redisStoreReports() []redisReport {
+	reports := []redisReport{}
+	pool.Range(func(_, value any) bool {
+		s, ok := value.(sharedRedis)
+		if !ok {
+			return true
+		}
+		cfg, d := s.Config(), s.Deployment()
+		r := redisReport{
+			Addresses: cfg.Addrs, KeyPrefix: cfg.KeyPrefix, DB: cfg.DB,
+			Eviction:      "unknown",
+			Error:         d.Err,
+			LocksVanished: d.LocksVanished, LocksExpired: d.LocksExpired, LocksRestored: d.LocksRestored,
+		}
+		if !d.Checked.IsZero() {
+			checked := d.Checked.UTC()
+			r.Checked = &checked
+		}
+		if d.Known {
+			r.MaxmemoryPolicy, r.Maxmemory = d.Policy, &d.MaxMemory
+			r.Eviction = "impossible"
+		}
+		if d.Evicts {
+			r.MaxmemoryPolicy, r.Maxmemory = d.Policy, &d.MaxMemory
+			r.Eviction = "possible"
+		}
+		reports = append(reports, r)
+		return true
+	})
+	sort.Slice(reports, func(i, j int) bool {
+		a, b := reports[i], reports[j]
+		return fmt.Sprint(a.Addresses, a.DB, a.KeyPrefix) < fmt.Sprint(b.Addresses, b.DB, b.KeyPrefix)
+	})
+	return reports
 }
 
 // storeCtx bounds the Redis calls that end a write: they must run even when
@@ -339,17 +430,86 @@ func (hw *heldWrite) endShared(record bool, v *etagcache.Version) {
 	} else {
 		err = hw.lease.Restore(ctx, v)
 	}
-	if err == nil {
+	switch {
+	case err == nil:
+		if hw.lease.Restored() {
+			if c := h.logger.Check(zapcore.WarnLevel, "Redis dropped the key of a lock while a write held it (evicted or deleted); it was put back before another instance could take the lock, so nothing was lost. "+
+				"Give the guard a Redis with maxmemory-policy noeviction (or no maxmemory), used by nothing else"); c != nil {
+				c.Write(zap.String("key", hw.key))
+			}
+		}
+		return
+	case errors.Is(err, redisstore.ErrLockLost):
+		h.lockLost(hw.key, err)
 		return
 	}
-	level, msg := zapcore.WarnLevel, "could not release a Redis lock; it expires by itself"
-	if errors.Is(err, redisstore.ErrLockLost) {
-		// The write ran past the lock's TTL without renewing it: another
-		// instance may have written the resource at the same time.
-		level, msg = zapcore.ErrorLevel, "Redis lock expired while the write held it (renewals failed); the resource's version is now unknown"
-	}
-	if c := h.logger.Check(level, msg); c != nil {
+	if c := h.logger.Check(zapcore.WarnLevel, "could not release a Redis lock; it expires by itself"); c != nil {
 		c.Write(zap.String("key", hw.key), zap.Error(err))
+	}
+	if hw.lease.Lost() {
+		// Renewals had found the lock lost, and Redis has not heard of it
+		// since: the resource may have been written twice at once.
+		h.distrustShared(hw.key, h.untrustedFor())
+	}
+}
+
+// lockLost reports a write whose Redis lock was gone, or someone else's,
+// when it ended. Another instance may then have taken the lock and written
+// the resource while this write ran: one of the two updates may be lost,
+// and nothing recorded about the resource's version around them can be
+// trusted. The store has marked the resource untrusted already; the mark
+// is made to last untrustedFor.
+func (h *Handler) lockLost(key string, err error) {
+	d := h.untrustedFor()
+	if d > h.redis.Config().UntrustTTL {
+		h.distrustShared(key, d)
+	}
+	msg := "Redis lock expired while the write held it: it was not renewed within lock_ttl (Redis unreachable or slow from this instance, or this process stalled). " +
+		"Another instance may have written the resource at the same time and an update may be lost; every instance asks the upstream for this resource's version until the mark expires. " +
+		"Check the network to Redis and its latency, or raise lock_ttl"
+	if errors.Is(err, redisstore.ErrLockVanished) {
+		msg = "Redis lost the lock of a write in progress: its key vanished before its TTL ran out (evicted, flushed, or deleted). " +
+			"Another instance may have written the resource at the same time and an update may be lost; every instance asks the upstream for this resource's version until the mark expires. " +
+			"Give the guard a Redis with maxmemory-policy noeviction (or no maxmemory), used by nothing else, on which nobody runs FLUSHALL or FLUSHDB"
+	}
+	if c := h.logger.Check(zapcore.ErrorLevel, msg); c != nil {
+		c.Write(zap.String("key", key), zap.Duration("untrusted_for", d), zap.Error(err))
+	}
+}
+
+// untrustedFor is how long a resource stays untrusted after its lock was
+// lost: cache_ttl, as long as a version recorded before the loss could
+// have been trusted, or write_timeout plus lock_ttl if that is longer.
+// Every write that could have overlapped the lost one was checked before
+// the holder noticed (at its next renewal, within lock_ttl/3 of the loss,
+// or at its release) and gets the upstream's answer within write_timeout:
+// all of them have ended before a version is trusted again.
+func (h *Handler) untrustedFor() time.Duration {
+	lockTTL := redisstore.DefaultLockTTL
+	if h.redis != nil {
+		lockTTL = h.redis.Config().LockTTL
+	}
+	return max(time.Duration(h.CacheTTL), time.Duration(h.WriteTimeout)+lockTTL)
+}
+
+// distrustShared makes every instance ask the upstream for the resource's
+// version before each write to it, for d: after a write whose outcome may
+// land when versions recorded around it no longer tell the truth (its lock
+// was lost, or the upstream may still apply it after the guard stopped
+// waiting). Without Redis it does nothing. If Redis cannot be told, it is
+// made to forget the version once it answers again.
+func (h *Handler) distrustShared(key string, d time.Duration) {
+	if h.redis == nil {
+		return
+	}
+	ctx, cancel := h.storeCtx()
+	defer cancel()
+	if err := h.redis.Distrust(ctx, key, d); err != nil {
+		guardMetrics().storeErrors.Inc()
+		if c := h.logger.Check(zapcore.WarnLevel, "could not mark a resource untrusted in Redis; its version is forgotten once Redis answers"); c != nil {
+			c.Write(zap.String("key", key), zap.Error(err))
+		}
+		unseenFor(h.redis).add(h, key)
 	}
 }
 
