@@ -23,7 +23,7 @@ func init() {
 // adminAPI serves the guard's state on Caddy's admin endpoint, with the
 // admin endpoint's own protections (listener, origins, remote admin):
 //
-//	GET    /write_guard/stats              locks held, writers waiting, cache counters
+//	GET    /write_guard/stats              locks held, writers waiting, cache counters, Redis deployments
 //	GET    /write_guard/resource?key=<key> what the caches and Redis know of one resource
 //	DELETE /write_guard/resource?key=<key> forget it, so the next write asks the upstream
 //
@@ -57,6 +57,10 @@ type statsResponse struct {
 	// waited for); 0 when no write is in progress.
 	Tracked int          `json:"tracked"`
 	Caches  []cacheStats `json:"caches"`
+	// Redis reports, for each Redis store in use, whether that deployment
+	// can evict the guard's keys (which loses updates) and how many locks
+	// were lost.
+	Redis []redisReport `json:"redis"`
 }
 
 type cacheStats struct {
@@ -85,6 +89,7 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 		Waiting:   locks.Waiting(),
 		Tracked:   locks.Len(),
 		Caches:    []cacheStats{},
+		Redis:     redisStoreReports(),
 	}
 	pool.Range(func(key, value any) bool {
 		switch v := value.(type) {

@@ -493,6 +493,8 @@ func (h *Handler) abandon(key string) {
 	if h.abandoned != nil {
 		h.abandoned.mark(key, time.Now(), time.Duration(h.RevalidateAbandoned), time.Duration(h.CacheTTL))
 	}
+	// Other instances must check it against the upstream too.
+	h.distrustShared(key, time.Duration(h.RevalidateAbandoned))
 }
 
 // trustsCache reports whether a write may be decided on a cached version:
