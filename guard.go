@@ -499,9 +499,11 @@ func (h *Handler) abandon(key string) {
 
 // trustsCache reports whether a write may be decided on a cached version:
 // not with revalidate always, nor while another serving configuration names
-// resources otherwise (reload.go).
+// resources otherwise, nor while Redis may hold versions named otherwise
+// (reload.go).
 func (h *Handler) trustsCache() bool {
-	return !h.revalidateAlways && (h.unsettled == nil || !h.unsettled.Load())
+	return !h.revalidateAlways && (h.unsettled == nil || !h.unsettled.Load()) &&
+		(h.redisUnsettled == nil || !h.redisUnsettled.Load())
 }
 
 // stateKnown reports whether a version check's answer named the version:

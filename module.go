@@ -234,6 +234,8 @@ type Handler struct {
 	config    *liveConfig
 	naming    string
 	unsettled *atomic.Bool
+	// redisUnsettled: Redis may still hold versions named otherwise.
+	redisUnsettled *atomic.Bool
 	// abandoned lists the resources whose write was abandoned lately;
 	// forgetAll makes every cache of the process forget everything.
 	abandoned *abandonedWrites
@@ -352,6 +354,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.forgetAll = shared.generations.AdvanceAll
 	h.server = serverOf(ctx)
 	h.unsettled = new(atomic.Bool)
+	h.redisUnsettled = new(atomic.Bool)
 	h.config = h.reg.join(ctx.Done(), h, h.forgetAll)
 
 	cacheCfg := etagcache.Config{

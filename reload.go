@@ -2,7 +2,10 @@ package writeguard
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"math"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -11,6 +14,10 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/writeguard/caddy-writeguard/redisstore"
 	"github.com/writeguard/caddy-writeguard/reskey"
 )
 
@@ -166,6 +173,7 @@ func (reg *configRegistry) activate(cfg *liveConfig) {
 	reg.lastNamings = cfg.namings
 	cfg.active.Store(true)
 	reg.settle()
+	claimSharedNamings(cfg)
 	if changed && reg.forgetAll != nil {
 		// Versions cached under the namings that went out of use were not
 		// updated by the writes made since; they must not come back.
@@ -311,4 +319,60 @@ func fenceKey(path string) string {
 func serverOf(ctx context.Context) *caddyhttp.Server {
 	srv, _ := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
 	return srv
+}
+
+// claimSharedNamings tells each Redis store cfg's guards use how they name
+// resources. Redis outlives this process and is shared with other
+// instances: if the naming changed since it was last claimed (by this
+// configuration's predecessor, another instance, or a process before a
+// restart), every version it holds is forgotten. Until that is done, those
+// guards ask the upstream for every version.
+func claimSharedNamings(cfg *liveConfig) {
+	byStore := map[*redisstore.Store][]*Handler{}
+	for _, h := range cfg.handlers {
+		if h.redis != nil {
+			byStore[h.redis] = append(byStore[h.redis], h)
+		}
+	}
+	for store, handlers := range byStore {
+		namings := make([]string, 0, len(handlers))
+		for _, h := range handlers {
+			namings = append(namings, h.naming)
+			h.redisUnsettled.Store(true)
+		}
+		sort.Strings(namings)
+		go claimNamings(cfg, store, handlers, strings.Join(namings, "\n"))
+	}
+}
+
+// claimNamings runs until the store has adopted the namings, or cfg stops.
+func claimNamings(cfg *liveConfig, store *redisstore.Store, handlers []*Handler, namings string) {
+	sum := sha256.Sum256([]byte(namings))
+	fingerprint := hex.EncodeToString(sum[:16])
+	logger := handlers[0].logger
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		err := func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			changed, n, err := store.AdoptNamings(ctx, fingerprint)
+			if err == nil && changed {
+				logger.Info("resources are named otherwise than Redis last knew; forgot every version it held", zap.Int64("versions", n))
+			}
+			return err
+		}()
+		if err == nil {
+			for _, h := range handlers {
+				h.redisUnsettled.Store(false)
+			}
+			return
+		}
+		if c := logger.Check(zapcore.WarnLevel, "could not yet tell Redis how resources are named; writes ask the upstream for versions until it answers"); c != nil {
+			c.Write(zap.Error(err))
+		}
+		select {
+		case <-cfg.done:
+			return
+		case <-time.After(wait):
+		}
+	}
 }

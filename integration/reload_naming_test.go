@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/writeguard/caddy-writeguard/internal/redistest"
 )
 
 // holdingStore holds the PUTs that carry X-Hold at the backend until
@@ -129,5 +131,38 @@ func TestKeyChangedAndBackWithOnlyAPostBetween(t *testing.T) {
 	}
 	if got := mustBody(t, store, "/items/1"); got != `{"v":"post"}` {
 		t.Errorf("backend holds %s: the POST's change was lost", got)
+	}
+}
+
+// With store redis, versions live in Redis under the keys of the
+// configuration that wrote them: a reload that changes the key and one
+// that changes it back must not revive them either.
+func TestKeyChangedAndBackRevivesNoRedisVersion(t *testing.T) {
+	srv := redistest.Start(t)
+	store := newStore(map[string]string{"/items/1": `{"v":1}`})
+	addr := startBackend(t, store)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	client := &http.Client{}
+	redis := "\n" + redisOpts(srv, "")
+
+	tester.InitServer(keyedConfig(addr, redis, "1ns"), "caddyfile")
+	v1 := do(t, client, http.MethodGet, "/items/1", "").header.Get("Etag")
+	r := do(t, client, http.MethodPut, "/items/1", `{"v":2}`, "If-Match: "+v1)
+	if r.status != http.StatusOK {
+		t.Fatalf("write under the first key: %d %s", r.status, r.body)
+	}
+	v2 := r.header.Get("Etag")
+
+	tester.InitServer(keyedConfig(addr, pathKey+redis, "1ns"), "caddyfile")
+	if r := do(t, client, http.MethodPut, "/items/1", `{"v":"b"}`, "If-Match: "+v2); r.status != http.StatusOK {
+		t.Fatalf("write under the second key: %d %s", r.status, r.body)
+	}
+
+	tester.InitServer(keyedConfig(addr, redis, "1ns"), "caddyfile")
+	if r := do(t, client, http.MethodPut, "/items/1", `{"v":"stale"}`, "If-Match: "+v2); r.status != http.StatusPreconditionFailed {
+		t.Errorf("stale write after the key came back: %d %s, want 412", r.status, r.body)
+	}
+	if got := mustBody(t, store, "/items/1"); got != `{"v":"b"}` {
+		t.Errorf("backend holds %s: the change made under the second key was lost", got)
 	}
 }
