@@ -2,12 +2,15 @@ package writeguard
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -38,14 +41,25 @@ type StoreConfig struct {
 	// SentinelMaster names the master that the Sentinels at Addresses
 	// watch; Redis fails over to a replica without a configuration change.
 	SentinelMaster string `json:"sentinel_master,omitempty"`
-	Username       string `json:"username,omitempty"`
-	Password       string `json:"password,omitempty"`
-	DB             int    `json:"db,omitempty"`
+	// Username authenticates with Redis ACLs (Redis 6 and later); empty for
+	// the default user. Placeholders such as {env.REDIS_USER} are replaced.
+	Username string `json:"username,omitempty"`
+	// Password authenticates with Redis (AUTH). Placeholders such as
+	// {env.REDIS_PASSWORD} are replaced, so that it need not stand in the
+	// config. Default: none.
+	Password string `json:"password,omitempty"`
+	// DB selects the logical database of a single server or Sentinel
+	// setup; a Cluster has only database 0. Default: 0.
+	DB int `json:"db,omitempty"`
 	// TLS connects with TLS, verifying the server's certificate against the
 	// system's roots (TLSServerName overrides the name checked).
-	TLS                   bool   `json:"tls,omitempty"`
-	TLSServerName         string `json:"tls_server_name,omitempty"`
-	TLSInsecureSkipVerify bool   `json:"tls_insecure_skip_verify,omitempty"`
+	TLS bool `json:"tls,omitempty"`
+	// TLSServerName is the name the server's certificate must carry, when
+	// it is not the host of the address (connecting by IP address, say).
+	TLSServerName string `json:"tls_server_name,omitempty"`
+	// TLSInsecureSkipVerify accepts any certificate the server shows, for
+	// tests only: anyone between Caddy and Redis could then take the locks.
+	TLSInsecureSkipVerify bool `json:"tls_insecure_skip_verify,omitempty"`
 	// KeyPrefix starts every Redis key the guard writes. Instances that
 	// guard the same backend must use the same one. Default: "write_guard:".
 	KeyPrefix string `json:"key_prefix,omitempty"`
@@ -113,13 +127,14 @@ func (s sharedRedis) Destruct() error { return s.Close() }
 // {env.REDIS_PASSWORD} in its fields are replaced first.
 func attachRedis(cfg StoreConfig, versionTTL time.Duration) (*redisstore.Store, string, error) {
 	repl := caddy.NewReplacer()
+	// A copy: the configuration's own slice keeps its placeholders.
+	cfg.Addresses = slices.Clone(cfg.Addresses)
 	for i, a := range cfg.Addresses {
 		cfg.Addresses[i] = repl.ReplaceKnown(a, "")
 	}
 	cfg.Username = repl.ReplaceKnown(cfg.Username, "")
 	cfg.Password = repl.ReplaceKnown(cfg.Password, "")
-	raw, _ := json.Marshal(cfg)
-	key := fmt.Sprintf("write_guard.redis/%s/%s", raw, versionTTL)
+	key := redisPoolKey(cfg, versionTTL)
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		rc := redisstore.Config{
 			Addrs:      cfg.Addresses,
@@ -239,6 +254,16 @@ func redisStoreReports() []redisReport {
 		return fmt.Sprint(a.Addresses, a.DB, a.KeyPrefix) < fmt.Sprint(b.Addresses, b.DB, b.KeyPrefix)
 	})
 	return reports
+}
+
+// redisPoolKey tells apart clients of different settings. The pool's keys
+// can be listed (the admin API walks the pool), so the password is in it
+// only as a digest.
+func redisPoolKey(cfg StoreConfig, versionTTL time.Duration) string {
+	sum := sha256.Sum256([]byte(cfg.Password))
+	cfg.Password = hex.EncodeToString(sum[:])
+	raw, _ := json.Marshal(cfg)
+	return fmt.Sprintf("write_guard.redis/%s/%s", raw, versionTTL)
 }
 
 // storeCtx bounds the Redis calls that end a write: they must run even when

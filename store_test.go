@@ -225,3 +225,24 @@ func TestRedisStoreReports(t *testing.T) {
 		t.Errorf("closed: %+v", r)
 	}
 }
+
+// Attaching a client replaces placeholders in a copy, and the pool's key
+// carries no password.
+func TestAttachRedisLeavesTheConfigAlone(t *testing.T) {
+	t.Setenv("WRITE_GUARD_TEST_REDIS", "127.0.0.1:1")
+	cfg := StoreConfig{Backend: "redis", Addresses: []string{"{env.WRITE_GUARD_TEST_REDIS}"}, Password: "s3cret-password"}
+	store, key, err := attachRedis(cfg, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Delete(key)
+	if store.Config().Addrs[0] != "127.0.0.1:1" {
+		t.Errorf("client dials %v", store.Config().Addrs)
+	}
+	if cfg.Addresses[0] != "{env.WRITE_GUARD_TEST_REDIS}" {
+		t.Errorf("the configuration's address became %q", cfg.Addresses[0])
+	}
+	if strings.Contains(key, "s3cret-password") {
+		t.Errorf("pool key %q carries the password", key)
+	}
+}
