@@ -397,7 +397,7 @@ func (hw *heldWrite) finish(status int, etag, lastModified string) {
 		}
 	}
 	if hw.degraded {
-		unseenFor(hw.h.redis).add(hw.h, hw.key)
+		hw.h.unseen.add(hw.h.logger, hw.key)
 	}
 	if hw.lease != nil {
 		var shared *etagcache.Version

@@ -179,7 +179,7 @@ func (tw *taggingWriter) complete(err error, clientCtx context.Context, lockedRe
 	cancel()
 	hw.done = true
 	if hw.degraded {
-		unseenFor(hw.h.redis).add(hw.h, hw.key)
+		hw.h.unseen.add(hw.h.logger, hw.key)
 	}
 	if perr != nil || !known || !hw.recordable || tw.status == http.StatusAccepted {
 		hw.h.cache.Forget(hw.key)

@@ -245,7 +245,9 @@ type Handler struct {
 	locks *lockmgr.Manager
 	cache *etagcache.Cache
 	// redis, when not nil, holds the locks and versions that decide writes.
-	redis    *redisstore.Store
+	redis *redisstore.Store
+	// unseen lists the writes made while Redis could not be reached.
+	unseen   *unseenWrites
 	poolKeys []string
 	logger   *zap.Logger
 }
@@ -380,7 +382,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("write_guard store: %v", err)
 		}
 		h.poolKeys = append(h.poolKeys, key)
-		h.redis = store
+		h.redis, h.unseen = store.Store, store.unseen
 	}
 	return nil
 }

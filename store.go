@@ -119,13 +119,21 @@ func (s *StoreConfig) validate() error {
 
 // sharedRedis is one Redis client, shared by every handler with the same
 // settings.
-type sharedRedis struct{ *redisstore.Store }
+type sharedRedis struct {
+	*redisstore.Store
+	unseen *unseenWrites
+}
 
-func (s sharedRedis) Destruct() error { return s.Close() }
+// Destruct stops what still tries to tell Redis of writes it did not see,
+// and closes the client.
+func (s sharedRedis) Destruct() error {
+	s.unseen.stop()
+	return s.Close()
+}
 
 // attachRedis returns the client for cfg; placeholders such as
 // {env.REDIS_PASSWORD} in its fields are replaced first.
-func attachRedis(cfg StoreConfig, versionTTL time.Duration) (*redisstore.Store, string, error) {
+func attachRedis(cfg StoreConfig, versionTTL time.Duration) (sharedRedis, string, error) {
 	repl := caddy.NewReplacer()
 	// A copy: the configuration's own slice keeps its placeholders.
 	cfg.Addresses = slices.Clone(cfg.Addresses)
@@ -159,12 +167,12 @@ func attachRedis(cfg StoreConfig, versionTTL time.Duration) (*redisstore.Store, 
 		if err != nil {
 			return nil, err
 		}
-		return sharedRedis{s}, nil
+		return sharedRedis{s, newUnseenWrites(s)}, nil
 	})
 	if err != nil {
-		return nil, "", err
+		return sharedRedis{}, "", err
 	}
-	return v.(sharedRedis).Store, key, nil
+	return v.(sharedRedis), key, nil
 }
 
 // logDeployment returns what logs each check of a Redis store's
@@ -282,8 +290,8 @@ func (h *Handler) lockShared(w http.ResponseWriter, r *http.Request, held *heldW
 	lease, err := h.redis.Lock(ctx, held.key)
 	if err == nil {
 		held.lease = lease
-		if unseenFor(h.redis).pending() {
-			h.catchUp(lease, held.key)
+		if h.unseen.pending() {
+			h.unseen.catchUp(lease, held.key)
 		}
 		return nil
 	}
@@ -328,44 +336,34 @@ func (h *Handler) lockShared(w http.ResponseWriter, r *http.Request, held *heldW
 	}
 }
 
-// unseen lists, per Redis store, the resources written while it could not
-// be reached (on_store_error local): Redis may still hold the versions
-// those writes replaced, and must forget them before any instance trusts
-// them again.
-var unseen struct {
-	sync.Mutex
-	by map[*redisstore.Store]*unseenWrites
+// unseenWrites lists the resources written while Redis could not be
+// reached (on_store_error local): Redis may still hold the versions those
+// writes replaced, and must forget them before any instance trusts them
+// again. One list belongs to each Redis client, and what keeps offering it
+// to Redis stops when the client is closed.
+type unseenWrites struct {
+	store    *redisstore.Store
+	mu       sync.Mutex
+	keys     map[string]struct{}
+	overflow bool
+	any      atomic.Bool
+	retrying bool
+	logger   *zap.Logger
+	done     chan struct{}
+	stopOnce sync.Once
 }
 
-func unseenFor(s *redisstore.Store) *unseenWrites {
-	unseen.Lock()
-	defer unseen.Unlock()
-	if unseen.by == nil {
-		unseen.by = map[*redisstore.Store]*unseenWrites{}
-	}
-	u := unseen.by[s]
-	if u == nil {
-		u = &unseenWrites{}
-		unseen.by[s] = u
-	}
-	return u
+func newUnseenWrites(s *redisstore.Store) *unseenWrites {
+	return &unseenWrites{store: s, logger: zap.NewNop(), done: make(chan struct{})}
 }
 
 // maxUnseen bounds the list; past it, what Redis holds is trusted again once
 // cache_ttl has passed (versions expire), and an error says so.
 const maxUnseen = 10_000
 
-type unseenWrites struct {
-	mu       sync.Mutex
-	keys     map[string]struct{}
-	overflow bool
-	any      atomic.Bool
-	retrying bool
-}
-
 // add notes a write Redis did not see, and makes sure something keeps
 // trying to tell Redis until it listens.
-func (u *unseenWrites) add(h *Handler, key string) {
+func (u *unseenWrites) add(logger *zap.Logger, key string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.keys == nil {
@@ -376,14 +374,17 @@ func (u *unseenWrites) add(h *Handler, key string) {
 	} else {
 		u.overflow = true
 	}
+	u.logger = logger
 	u.any.Store(true)
 	if !u.retrying {
 		u.retrying = true
-		go h.retryCatchUp()
+		go u.retry()
 	}
 }
 
 func (u *unseenWrites) pending() bool { return u.any.Load() }
+
+func (u *unseenWrites) stop() { u.stopOnce.Do(func() { close(u.done) }) }
 
 // unseenRetry is how often the versions of writes Redis did not see are
 // offered to it again: other instances trust what Redis holds, so the
@@ -391,10 +392,15 @@ func (u *unseenWrites) pending() bool { return u.any.Load() }
 // a version replaced meanwhile, lasts about this long.
 const unseenRetry = 250 * time.Millisecond
 
-func (h *Handler) retryCatchUp() {
+// retry offers the list to Redis until it takes it or the client is closed.
+func (u *unseenWrites) retry() {
 	for {
-		time.Sleep(unseenRetry)
-		if h.catchUp(nil, "") {
+		select {
+		case <-u.done:
+			return
+		case <-time.After(unseenRetry):
+		}
+		if u.catchUp(nil, "") {
 			return
 		}
 	}
@@ -403,37 +409,36 @@ func (h *Handler) retryCatchUp() {
 // catchUp makes Redis forget the versions of the writes it did not see,
 // and reports whether it did (or nothing was left to forget). If key is
 // one of them, lease must not trust the version it found.
-func (h *Handler) catchUp(lease *redisstore.Lease, key string) bool {
-	unseen := unseenFor(h.redis)
-	unseen.mu.Lock()
-	defer unseen.mu.Unlock()
-	if len(unseen.keys) == 0 && !unseen.overflow {
-		unseen.retrying = false
+func (u *unseenWrites) catchUp(lease *redisstore.Lease, key string) bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(u.keys) == 0 && !u.overflow {
+		u.retrying = false
 		return true
 	}
-	if _, ok := unseen.keys[key]; ok && lease != nil {
+	if _, ok := u.keys[key]; ok && lease != nil {
 		lease.Distrust()
 	}
-	keys := make([]string, 0, len(unseen.keys))
-	for k := range unseen.keys {
+	keys := make([]string, 0, len(u.keys))
+	for k := range u.keys {
 		keys = append(keys, k)
 	}
-	ctx, cancel := h.storeCtx()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*u.store.Config().Timeout)
 	defer cancel()
-	if err := h.redis.ForgetAll(ctx, keys); err != nil {
-		if c := h.logger.Check(zapcore.DebugLevel, "could not yet make Redis forget the versions written while it was unreachable"); c != nil {
+	if err := u.store.ForgetAll(ctx, keys); err != nil {
+		if c := u.logger.Check(zapcore.DebugLevel, "could not yet make Redis forget the versions written while it was unreachable"); c != nil {
 			c.Write(zap.Int("resources", len(keys)), zap.Error(err))
 		}
 		return false
 	}
-	if unseen.overflow {
-		if c := h.logger.Check(zapcore.ErrorLevel, "more resources were written while Redis was unreachable than could be remembered; Redis may hold stale versions of some until cache_ttl passes"); c != nil {
+	if u.overflow {
+		if c := u.logger.Check(zapcore.ErrorLevel, "more resources were written while Redis was unreachable than could be remembered; Redis may hold stale versions of some until cache_ttl passes"); c != nil {
 			c.Write(zap.Int("remembered", maxUnseen))
 		}
 	}
-	unseen.keys, unseen.overflow, unseen.retrying = nil, false, false
-	unseen.any.Store(false)
-	if c := h.logger.Check(zapcore.InfoLevel, "Redis reachable again; forgot the versions of the resources written without it"); c != nil {
+	u.keys, u.overflow, u.retrying = nil, false, false
+	u.any.Store(false)
+	if c := u.logger.Check(zapcore.InfoLevel, "Redis reachable again; forgot the versions of the resources written without it"); c != nil {
 		c.Write(zap.Int("resources", len(keys)))
 	}
 	return true
@@ -534,7 +539,7 @@ func (h *Handler) distrustShared(key string, d time.Duration) {
 		if c := h.logger.Check(zapcore.WarnLevel, "could not mark a resource untrusted in Redis; its version is forgotten once Redis answers"); c != nil {
 			c.Write(zap.String("key", key), zap.Error(err))
 		}
-		unseenFor(h.redis).add(h, key)
+		h.unseen.add(h.logger, key)
 	}
 }
 

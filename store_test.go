@@ -3,6 +3,7 @@ package writeguard
 import (
 	"context"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -177,7 +178,7 @@ func TestDistrustShared(t *testing.T) {
 
 	srv.Stop()
 	h.distrustShared("example.com/other", time.Minute)
-	if !unseenFor(h.redis).pending() {
+	if !h.unseen.pending() {
 		t.Fatal("a resource Redis could not be told to distrust is not remembered")
 	}
 }
@@ -244,5 +245,33 @@ func TestAttachRedisLeavesTheConfigAlone(t *testing.T) {
 	}
 	if strings.Contains(key, "s3cret-password") {
 		t.Errorf("pool key %q carries the password", key)
+	}
+}
+
+// What offers Redis the writes it did not see stops when its client is
+// closed (a reload that changes the store's settings), instead of failing
+// every 250 ms for ever.
+func TestUnseenWritesStopWithTheirClient(t *testing.T) {
+	store, key, err := attachRedis(StoreConfig{Backend: "redis", Addresses: []string{"127.0.0.1:1"}, Timeout: caddy.Duration(50 * time.Millisecond)}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store.unseen.add(zap.NewNop(), "/doc")
+	retrying := func() bool {
+		buf := make([]byte, 1<<20)
+		return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "(*unseenWrites).retry")
+	}
+	for deadline := time.Now().Add(5 * time.Second); !retrying(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing offers the unseen write to Redis")
+		}
+	}
+	if _, err := pool.Delete(key); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); retrying(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("still offering writes to a closed client")
+		}
 	}
 }
