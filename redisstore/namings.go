@@ -43,7 +43,7 @@ func (s *Store) ForgetEveryVersion(ctx context.Context) (int64, error) {
 	var n atomic.Int64
 	prefix := s.cfg.KeyPrefix + "ver:{"
 	scan := func(ctx context.Context, c redis.Cmdable) error {
-		iter := c.Scan(ctx, 0, s.cfg.KeyPrefix+"ver:*", 1000).Iterator()
+		iter := c.Scan(ctx, 0, globEscape(s.cfg.KeyPrefix)+"ver:*", 1000).Iterator()
 		var batch []string
 		flush := func() error {
 			if len(batch) == 0 {
@@ -78,4 +78,16 @@ func (s *Store) ForgetEveryVersion(ctx context.Context) (int64, error) {
 		err = scan(ctx, s.rdb)
 	}
 	return n.Load(), err
+}
+
+// globEscape quotes the characters SCAN's MATCH pattern gives a meaning.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\^-`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -34,8 +34,9 @@ func TestAdoptNamings(t *testing.T) {
 
 func TestForgetEveryVersion(t *testing.T) {
 	srv := redistest.Start(t)
-	s := newStore(t, srv, Config{KeyPrefix: "wg:", LockTTL: time.Second, VersionTTL: time.Minute})
-	other := newStore(t, srv, Config{KeyPrefix: "other:", LockTTL: time.Second, VersionTTL: time.Minute})
+	// A prefix with characters that a SCAN pattern reads as a glob.
+	s := newStore(t, srv, Config{KeyPrefix: "wg[1]*:", LockTTL: time.Second, VersionTTL: time.Minute})
+	other := newStore(t, srv, Config{KeyPrefix: "wg1x:", LockTTL: time.Second, VersionTTL: time.Minute})
 	ctx := t.Context()
 	record := func(s *Store, key, tag string) {
 		t.Helper()
