@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/writeguard/caddy-writeguard/reskey"
 )
 
 // A write the guard gave up on (write_timeout elapsed, the upstream cut the
@@ -13,7 +15,8 @@ import (
 // trusting it would let a write that never saw the late change overwrite it.
 // So for a while after an abandoned write, every write of the resource asks
 // the upstream, and when that time is over, whatever was learned during it
-// is forgotten by the first write that comes.
+// is forgotten by the first write that comes. Resources are remembered by
+// their path (see markOf), which a reload that changes the key keeps.
 
 // DefaultRevalidateAbandoned is how long writes of a resource are checked
 // against the upstream after a write of it was abandoned.
@@ -68,7 +71,7 @@ func (a *abandonedWrites) mark(key string, now time.Time, window, cacheTTL time.
 // forget is called, once, when the window of key has just ended: what was
 // learned during it must go; forgetAll likewise when the windows of more
 // resources than could be remembered end.
-func (a *abandonedWrites) distrusts(key string, now time.Time, forget func(string), forgetAll func()) bool {
+func (a *abandonedWrites) distrusts(key string, now time.Time, forget func(), forgetAll func()) bool {
 	if a.n.Load() == 0 {
 		return false
 	}
@@ -84,7 +87,7 @@ func (a *abandonedWrites) distrusts(key string, now time.Time, forget func(strin
 	m, ok := a.by[key]
 	if ok && !now.Before(m.until) {
 		delete(a.by, key)
-		forget(key)
+		forget()
 	}
 	a.n.Store(int64(len(a.by)) + boolInt(!a.overflowUntil.IsZero()))
 	return ok
@@ -95,4 +98,12 @@ func boolInt(b bool) int64 {
 		return 1
 	}
 	return 0
+}
+
+// markOf names the resource of a request's path in the list: the coarsest
+// canonical form, the same whatever the key, so that the mark outlives a
+// reload that names resources otherwise. Paths that differ only in case
+// or a trailing slash share a mark, which only costs them version checks.
+func markOf(path string) string {
+	return reskey.Path(path, reskey.Options{CaseInsensitive: true})
 }

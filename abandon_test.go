@@ -10,7 +10,7 @@ func TestAbandonedWrites(t *testing.T) {
 	var a abandonedWrites
 	t0 := time.Unix(1_000_000, 0)
 	var forgotten []string
-	forget := func(k string) { forgotten = append(forgotten, k) }
+	forget := func() { forgotten = append(forgotten, "/doc") }
 	forgetAll := func() { t.Fatal("forgetAll without an overflow") }
 
 	if a.distrusts("/doc", t0, forget, forgetAll) {
@@ -47,7 +47,7 @@ func TestAbandonedWritesOverflow(t *testing.T) {
 	for i := range maxAbandoned + 1 {
 		a.mark(fmt.Sprint("/doc/", i), t0, time.Minute, time.Minute)
 	}
-	forget := func(string) {}
+	forget := func() {}
 	all := 0
 	forgetAll := func() { all++ }
 	if !a.distrusts("/never-abandoned", t0.Add(time.Minute), forget, forgetAll) {

@@ -159,7 +159,8 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	// Whatever happens below, including a panic in a later handler, the lock
 	// is released; a write whose outcome was never seen forgets the version.
 	defer held.finish(0, "", "")
-	held.distrust = h.abandoned != nil && h.abandoned.distrusts(key, time.Now(), h.cache.Forget, h.forgetAll)
+	held.mark = markOf(r.URL.EscapedPath())
+	held.distrust = h.abandoned != nil && h.abandoned.distrusts(held.mark, time.Now(), func() { h.cache.Forget(key) }, h.forgetAll)
 	if h.redis != nil {
 		if refusal := h.lockShared(w, r, held, waitStart.Add(time.Duration(h.LockTimeout))); refusal != nil {
 			held.release()
@@ -241,7 +242,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	// The upstream never answered: the write may or may not have been
 	// applied, now or later, so the version is forgotten, distrusted for a
 	// while (abandon.go), and the client told as much.
-	h.abandon(held.key)
+	h.abandon(held)
 	held.finish(0, "", "")
 	return h.upstreamFailed(w, r, ctx, err)
 }
@@ -366,6 +367,8 @@ type heldWrite struct {
 	// version is asked of the upstream and what this write makes is not
 	// recorded.
 	distrust bool
+	// mark names the resource in the list of abandoned writes (markOf).
+	mark string
 	// fence is held besides the lock while configurations overlap.
 	fence fence
 	// r (with the client's context, not the write's) and next let a guard
@@ -384,7 +387,7 @@ func (hw *heldWrite) finish(status int, etag, lastModified string) {
 	if hw.locked && (status == http.StatusBadGateway || status == http.StatusGatewayTimeout) {
 		// A gateway between here and the application gave up on the write,
 		// which the application may still apply.
-		hw.h.abandon(hw.key)
+		hw.h.abandon(hw)
 	}
 	var made etagcache.Version
 	known := false
@@ -487,14 +490,14 @@ func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, held *hel
 	return state, etagcache.Version{}, false, refusal
 }
 
-// abandon notes that a write of key was given up before the upstream
+// abandon notes that the write hw was given up before the upstream
 // answered it.
-func (h *Handler) abandon(key string) {
+func (h *Handler) abandon(hw *heldWrite) {
 	if h.abandoned != nil {
-		h.abandoned.mark(key, time.Now(), time.Duration(h.RevalidateAbandoned), time.Duration(h.CacheTTL))
+		h.abandoned.mark(hw.mark, time.Now(), time.Duration(h.RevalidateAbandoned), time.Duration(h.CacheTTL))
 	}
 	// Other instances must check it against the upstream too.
-	h.distrustShared(key, time.Duration(h.RevalidateAbandoned))
+	h.distrustShared(hw.key, time.Duration(h.RevalidateAbandoned))
 }
 
 // trustsCache reports whether a write may be decided on a cached version:

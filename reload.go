@@ -214,17 +214,19 @@ func sameSet(a, b map[string]struct{}) bool {
 	return true
 }
 
-// namingScheme describes how h names resources: two guards with the same
-// scheme give a request the same key.
+// namingScheme describes how h names resources, and which writes reach it:
+// two guards with the same scheme give a request the same key and see the
+// same writes.
 func (h *Handler) namingScheme() string {
 	var b strings.Builder
 	b.WriteString(strconv.Quote(h.keyTemplate))
 	b.WriteString(strconv.FormatBool(h.keyOptions.KeepTrailingSlash))
 	b.WriteString(strconv.FormatBool(h.keyOptions.CaseInsensitive))
-	if h.keyTemplate == "" || h.keyHasSite {
-		if h.server != nil {
+	if h.server != nil {
+		if h.keyTemplate == "" || h.keyHasSite {
 			b.WriteString(h.sites.lookup(h.server, h).describe())
 		}
+		b.WriteString(scopeOf(h.server, h))
 	}
 	return b.String()
 }

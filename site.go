@@ -1,6 +1,8 @@
 package writeguard
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"sort"
 	"strconv"
@@ -8,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/writeguard/caddy-writeguard/reskey"
@@ -252,4 +255,47 @@ func (c *siteCache) nameOf(host string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// scopeOf describes the routes of the site that leads to h in srv: their
+// matchers and the modules they run, not the modules' settings. A reload
+// that changes them may have let writes of the site's resources bypass the
+// guard (a path no longer guarded, a route put in front of it), so it
+// counts as a change in how resources are named (reload.go).
+func scopeOf(srv *caddyhttp.Server, h *Handler) string {
+	var b strings.Builder
+	for _, route := range srv.Routes {
+		if _, found := hostsLeadingTo(caddyhttp.RouteList{route}, h, nil); found {
+			describeRoutes(&b, caddyhttp.RouteList{route})
+			break
+		}
+	}
+	return b.String()
+}
+
+func describeRoutes(b *strings.Builder, routes caddyhttp.RouteList) {
+	for _, route := range routes {
+		b.WriteString("(")
+		for _, set := range route.MatcherSets {
+			for _, m := range set {
+				raw, err := json.Marshal(m)
+				if err != nil {
+					raw = nil
+				}
+				fmt.Fprintf(b, "%T%s;", m, raw)
+			}
+			b.WriteString("|")
+		}
+		for _, handler := range route.Handlers {
+			b.WriteString(caddy.GetModuleName(handler))
+			switch handler := handler.(type) {
+			case *caddyhttp.Subroute:
+				describeRoutes(b, handler.Routes)
+			case *caddyhttp.Invoke:
+				b.WriteString(strconv.Quote(handler.Name))
+			}
+			b.WriteString(",")
+		}
+		b.WriteString(")")
+	}
 }

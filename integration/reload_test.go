@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -83,5 +84,34 @@ func TestKeyChangeReloadsDuringWrites(t *testing.T) {
 	}
 	if acked == 0 {
 		t.Error("no write was acknowledged")
+	}
+}
+
+// A reload that changes neither how resources are named nor which routes
+// reach the guard keeps what the cache learned; one that changes a module's
+// setting only (a response header's value) too.
+func TestReloadThatChangesNothingKeepsTheCache(t *testing.T) {
+	store := newStore(map[string]string{"/items/1": `{"v":1}`})
+	addr := startBackend(t, store)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	config := func(value string) string {
+		return globalOptions + fmtSite(":9080 {\n\theader X-Site %s\n\twrite_guard\n\treverse_proxy %s\n}\n", value, addr)
+	}
+	tester.InitServer(config("one"), "caddyfile")
+	client := &http.Client{}
+	do(t, client, http.MethodGet, "/items/1", "")
+	waitLearned(t, "*/items/1")
+	for _, value := range []string{"one", "two"} {
+		tester.InitServer(config(value), "caddyfile")
+		do(t, client, http.MethodGet, "/other", "") // the new configuration serves
+		resp, err := http.Get("http://localhost:2999/write_guard/resource?key=*/items/1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(body), `"known":true`) {
+			t.Fatalf("after a reload with header value %q the cache forgot /items/1: %s", value, body)
+		}
 	}
 }
