@@ -26,6 +26,7 @@ func init() {
 //	GET    /write_guard/stats              locks held, writers waiting, cache counters, Redis deployments
 //	GET    /write_guard/resource?key=<key> what the caches and Redis know of one resource
 //	DELETE /write_guard/resource?key=<key> forget it, so the next write asks the upstream
+//	DELETE /write_guard/resources          forget every resource's version, here and in Redis
 //
 // A key is written as the guard builds it, a site part and the path
 // ("example.com/notes/1"), but in any spelling that requests may use for
@@ -45,7 +46,37 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/write_guard/stats", Handler: caddy.AdminHandlerFunc(a.handleStats)},
 		{Pattern: "/write_guard/resource", Handler: caddy.AdminHandlerFunc(a.handleResource)},
+		{Pattern: "/write_guard/resources", Handler: caddy.AdminHandlerFunc(a.handleResources)},
 	}
+}
+
+// handleResources forgets every version this process's caches and the Redis
+// stores in use hold, so that every next write asks the upstream: after
+// writes that bypassed the guard, or a key changed on one instance after
+// another.
+func (adminAPI) handleResources(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodDelete {
+		return methodNotAllowed()
+	}
+	processState().generations.AdvanceAll()
+	var forgot int64
+	var failed []error
+	pool.Range(func(_, value any) bool {
+		if s, ok := value.(sharedRedis); ok {
+			ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+			n, err := s.ForgetEveryVersion(ctx)
+			cancel()
+			forgot += n
+			if err != nil {
+				failed = append(failed, err)
+			}
+		}
+		return true
+	})
+	if len(failed) > 0 {
+		return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("the caches forgot every version, but Redis could not be made to: %v", errors.Join(failed...))}
+	}
+	return writeJSON(w, map[string]int64{"redis_versions_forgotten": forgot})
 }
 
 type statsResponse struct {

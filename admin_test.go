@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -194,5 +195,35 @@ func TestAdminForgetsInRedis(t *testing.T) {
 	}
 	if status, v := adminResource(t, http.MethodDelete, key); status != http.StatusNotFound {
 		t.Errorf("second DELETE: %d %+v", status, v)
+	}
+}
+
+// DELETE /write_guard/resources forgets every version, in the caches and in
+// Redis.
+func TestAdminForgetsEveryResource(t *testing.T) {
+	srv := redistest.Start(t)
+	store := newHashStore(backend.StrongETags, map[string]string{"/items/1": "v1", "/items/2": "v1"})
+	h := newTestHandler(t, &Handler{Store: &StoreConfig{Backend: "redis", Addresses: []string{srv.Addr}}})
+	for _, path := range []string{"/items/1", "/items/2"} {
+		tag := serve(t, h, storeHandler(store), "GET", path, "").Header().Get("Etag")
+		if w := serve(t, h, storeHandler(store), "PUT", path, "v2", "If-Match: "+tag); w.Code != http.StatusOK {
+			t.Fatalf("PUT %s: %d %s", path, w.Code, w.Body)
+		}
+	}
+	h.cache.Wait()
+	rec := httptest.NewRecorder()
+	if err := (adminAPI{}).handleResources(rec, httptest.NewRequest(http.MethodDelete, "http://localhost:2019/write_guard/resources", nil)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(rec.Body.String(), `"redis_versions_forgotten":2`) {
+		t.Errorf("answer %q, want 2 Redis versions forgotten", rec.Body)
+	}
+	for _, key := range []string{"example.com/items/1", "example.com/items/2"} {
+		if _, known, _, _, err := h.redis.Peek(context.Background(), key); err != nil || known {
+			t.Errorf("Redis still knows %s (%v)", key, err)
+		}
+		if _, ok := h.cache.Peek(key); ok {
+			t.Errorf("the cache still knows %s", key)
+		}
 	}
 }
