@@ -48,6 +48,17 @@ func newTestHandler(t *testing.T, h *Handler) *Handler {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Cleanup() })
+	if h.redis != nil && h.config != nil {
+		// Serving begins with telling Redis how resources are named, which
+		// may make it forget versions: let that be over before the test's
+		// writes record theirs.
+		h.reg.activate(h.config)
+		for deadline := time.Now().Add(10 * time.Second); h.redisUnsettled.Load(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("Redis never adopted the handler's namings")
+			}
+		}
+	}
 	return h
 }
 
