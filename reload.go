@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -161,8 +162,8 @@ func (reg *configRegistry) leave(cfg *liveConfig) {
 func (reg *configRegistry) activate(cfg *liveConfig) {
 	reg.mu.Lock()
 	defer reg.mu.Unlock()
-	if cfg.active.Load() {
-		return
+	if cfg.active.Load() || !slices.Contains(reg.live, cfg) {
+		return // a configuration that stopped unseen says nothing of now
 	}
 	cfg.namings = make(map[string]struct{}, len(cfg.handlers))
 	for _, h := range cfg.handlers {
