@@ -67,6 +67,10 @@ func (a *abandonedWrites) mark(key string, now time.Time, window, cacheTTL time.
 	a.n.Store(int64(len(a.by)) + boolInt(!a.overflowUntil.IsZero()))
 }
 
+// any reports whether a write may have to ask the upstream at all: none
+// does while no write was abandoned.
+func (a *abandonedWrites) any() bool { return a.n.Load() != 0 }
+
 // distrusts reports whether a write of key at now must ask the upstream.
 // forget is called, once, when the window of key has just ended: what was
 // learned during it must go; forgetAll likewise when the windows of more

@@ -159,8 +159,10 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	// Whatever happens below, including a panic in a later handler, the lock
 	// is released; a write whose outcome was never seen forgets the version.
 	defer held.finish(0, "", "")
-	held.mark = markOf(r.URL.EscapedPath())
-	held.distrust = h.abandoned != nil && h.abandoned.distrusts(held.mark, time.Now(), func() { h.cache.Forget(key) }, h.forgetAll)
+	if h.abandoned != nil && h.abandoned.any() {
+		held.mark = markOf(r.URL.EscapedPath())
+		held.distrust = h.abandoned.distrusts(held.mark, time.Now(), func() { h.cache.Forget(key) }, h.forgetAll)
+	}
 	if h.redis != nil {
 		if refusal := h.lockShared(w, r, held, waitStart.Add(time.Duration(h.LockTimeout))); refusal != nil {
 			held.release()
@@ -494,6 +496,9 @@ func (h *Handler) currentState(w http.ResponseWriter, r *http.Request, held *hel
 // answered it.
 func (h *Handler) abandon(hw *heldWrite) {
 	if h.abandoned != nil {
+		if hw.mark == "" {
+			hw.mark = markOf(hw.r.URL.EscapedPath())
+		}
 		h.abandoned.mark(hw.mark, time.Now(), time.Duration(h.RevalidateAbandoned), time.Duration(h.CacheTTL))
 	}
 	// Other instances must check it against the upstream too.

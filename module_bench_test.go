@@ -98,6 +98,10 @@ func BenchmarkWritePathCacheHit(b *testing.B) {
 func newBenchHandler(b *testing.B, h *Handler) *Handler {
 	b.Helper()
 	h.CacheSize = 100_000
+	// One configuration, as a Caddy between reloads runs: the other
+	// benchmarks' handlers are not a reload's overlap.
+	h.reg = new(configRegistry)
+	h.abandoned = new(abandonedWrites)
 	ctx, cancel := newCaddyContext()
 	b.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {
