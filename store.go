@@ -290,6 +290,9 @@ func (h *Handler) lockShared(w http.ResponseWriter, r *http.Request, held *heldW
 	lease, err := h.redis.Lock(ctx, held.key)
 	if err == nil {
 		held.lease = lease
+		if h.unseen.down.CompareAndSwap(true, false) {
+			h.logger.Info("Redis reachable again; writes are serialized across instances again")
+		}
 		if h.unseen.pending() {
 			h.unseen.catchUp(lease, held.key)
 		}
@@ -301,7 +304,10 @@ func (h *Handler) lockShared(w http.ResponseWriter, r *http.Request, held *heldW
 			decided(r, outcomeClientGone)
 			return caddyhttp.Error(499, err) // the client is gone
 		}
-	case errors.Is(err, context.DeadlineExceeded):
+	case ctx.Err() != nil:
+		// The wait for the lock ran out. (A Redis command's own timeout
+		// also reads as a deadline exceeded, but leaves ctx alive: that is
+		// Redis failing to answer, not the resource being busy.)
 		return func() error {
 			h.logRejection(r, "busy", "")
 			return h.refuse(w, r, problem{
@@ -314,14 +320,21 @@ func (h *Handler) lockShared(w http.ResponseWriter, r *http.Request, held *heldW
 		}
 	}
 	guardMetrics().storeErrors.Inc()
+	// The change of state is worth a line; every write while Redis is away
+	// is not, and keys can carry user data.
+	first := h.unseen.down.CompareAndSwap(false, true)
 	if h.OnStoreError == "local" {
-		if c := h.logger.Check(zapcore.WarnLevel, "Redis unavailable; guarding this write in this process alone"); c != nil {
+		if first {
+			h.logger.Warn("Redis unavailable; writes are guarded by this process alone until it answers (on_store_error local)", zap.Error(err))
+		} else if c := h.logger.Check(zapcore.DebugLevel, "Redis unavailable; guarding this write in this process alone"); c != nil {
 			c.Write(zap.String("key", held.key), zap.Error(err))
 		}
 		held.degraded = true
 		return nil
 	}
-	if c := h.logger.Check(zapcore.ErrorLevel, "Redis unavailable; write refused"); c != nil {
+	if first {
+		h.logger.Error("Redis unavailable; writes are refused with 503 until it answers (on_store_error fail)", zap.Error(err))
+	} else if c := h.logger.Check(zapcore.DebugLevel, "Redis unavailable; write refused"); c != nil {
 		c.Write(zap.String("key", held.key), zap.Error(err))
 	}
 	return func() error {
@@ -348,6 +361,8 @@ type unseenWrites struct {
 	overflow bool
 	any      atomic.Bool
 	retrying bool
+	// down: the last attempt to take a lock found Redis unreachable.
+	down     atomic.Bool
 	logger   *zap.Logger
 	done     chan struct{}
 	stopOnce sync.Once

@@ -275,3 +275,44 @@ func TestUnseenWritesStopWithTheirClient(t *testing.T) {
 		}
 	}
 }
+
+// While Redis is away, its going and its coming back are logged once each,
+// without resource keys; the writes in between are not.
+func TestRedisDownIsLoggedOnce(t *testing.T) {
+	srv := redistest.Start(t)
+	store := backend.New()
+	store.Put("/doc", []byte("v1"))
+	h := newTestHandler(t, &Handler{Store: &StoreConfig{Backend: "redis", Addresses: []string{srv.Addr}, Timeout: caddy.Duration(100 * time.Millisecond)}})
+	core, logs := observer.New(zapcore.InfoLevel)
+	h.logger = zap.New(core)
+	srv.Stop()
+	for range 3 {
+		if w := serve(t, h, storeHandler(store), "PUT", "/doc", "v2", "If-Match: "+store.ETagOf([]byte("v1"))); w.Code != http.StatusServiceUnavailable {
+			t.Fatalf("write with Redis down: %d %s", w.Code, w.Body)
+		}
+	}
+	srv.Restart()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if w := serve(t, h, storeHandler(store), "PUT", "/doc", "v2", "If-Match: "+store.ETagOf([]byte("v1"))); w.Code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writes never went through again")
+		}
+	}
+	var down, up int
+	for _, e := range logs.All() {
+		if _, ok := e.ContextMap()["key"]; ok {
+			t.Errorf("logged a resource key: %q %v", e.Message, e.ContextMap())
+		}
+		switch {
+		case strings.Contains(e.Message, "Redis unavailable"):
+			down++
+		case strings.Contains(e.Message, "Redis reachable again; writes"):
+			up++
+		}
+	}
+	if down != 1 || up != 1 {
+		t.Errorf("logged Redis going %d times and coming back %d times, want once each: %v", down, up, logs.All())
+	}
+}
