@@ -68,6 +68,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		seen[opt] = true
 		switch opt {
+		case "blind", "etag_match", "etags", "revalidate", "key_trailing_slash", "refusals", "on_store_error":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			if err := checkChoice(opt, d.Val()); err != nil {
+				return d.Err(err.Error())
+			}
+			value := d.Val()
+			if value == choices[opt][0] {
+				value = "" // the default stays out of the JSON
+			}
+			*h.choice(opt) = value
 		case "methods":
 			h.Methods = d.RemainingArgs()
 			if len(h.Methods) == 0 {
@@ -75,27 +87,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			for i, m := range h.Methods {
 				h.Methods[i] = strings.ToUpper(m)
-			}
-		case "blind":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			switch d.Val() {
-			case "428", "409", "allow":
-				h.Blind = d.Val()
-			default:
-				return d.Errf("blind: %q is not one of 428, 409, allow", d.Val())
-			}
-		case "etag_match":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			switch d.Val() {
-			case "default":
-			case "strict":
-				h.ETagMatch = "strict"
-			default:
-				return d.Errf("etag_match: %q is not one of default, strict", d.Val())
 			}
 		case "key":
 			if !d.NextArg() {
@@ -139,17 +130,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_body: %q is not a size such as 10MiB", d.Val())
 			}
 			h.MaxBody = int64(size)
-		case "etags":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			switch d.Val() {
-			case "upstream":
-			case "hash":
-				h.ETags = "hash"
-			default:
-				return d.Errf("etags: %q is not one of upstream, hash", d.Val())
-			}
 		case "hash_max_body":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -159,39 +139,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("hash_max_body: %q is not a size such as 16MiB", d.Val())
 			}
 			h.HashMaxBody = int64(size)
-		case "revalidate":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			switch d.Val() {
-			case "miss":
-			case "always":
-				h.Revalidate = "always"
-			default:
-				return d.Errf("revalidate: %q is not one of miss, always", d.Val())
-			}
-		case "key_trailing_slash":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			switch d.Val() {
-			case "ignore":
-			case "keep":
-				h.KeyTrailingSlash = "keep"
-			default:
-				return d.Errf("key_trailing_slash: %q is not one of ignore, keep", d.Val())
-			}
-		case "refusals":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			switch d.Val() {
-			case "problem":
-			case "handle_errors":
-				h.Refusals = "handle_errors"
-			default:
-				return d.Errf("refusals: %q is not one of problem, handle_errors", d.Val())
-			}
 		case "key_case_insensitive":
 			h.KeyCaseInsensitive = true
 		case "max_body_memory":
@@ -244,17 +191,6 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			continue // the block has been consumed
-		case "on_store_error":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			switch d.Val() {
-			case "fail":
-			case "local":
-				h.OnStoreError = "local"
-			default:
-				return d.Errf("on_store_error: %q is not one of fail, local", d.Val())
-			}
 		default:
 			return d.Errf("unrecognized subdirective %q", opt)
 		}

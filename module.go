@@ -8,6 +8,7 @@ package writeguard
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -387,6 +388,48 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// choices lists the words each option of a few words takes, its default
+// first; "" is the default too.
+var choices = map[string][]string{
+	"blind":              {"428", "409", "allow"},
+	"etag_match":         {"default", "strict"},
+	"etags":              {"upstream", "hash"},
+	"revalidate":         {"miss", "always"},
+	"key_trailing_slash": {"ignore", "keep"},
+	"refusals":           {"problem", "handle_errors"},
+	"on_store_error":     {"fail", "local"},
+}
+
+// checkChoice says whether value is one of option's words: the one check
+// of them, for the Caddyfile and JSON alike.
+func checkChoice(option, value string) error {
+	if value == "" || slices.Contains(choices[option], value) {
+		return nil
+	}
+	return fmt.Errorf("%s: %q is not one of %s", option, value, strings.Join(choices[option], ", "))
+}
+
+// choice is the field of one of the options in choices.
+func (h *Handler) choice(option string) *string {
+	switch option {
+	case "blind":
+		return &h.Blind
+	case "etag_match":
+		return &h.ETagMatch
+	case "etags":
+		return &h.ETags
+	case "revalidate":
+		return &h.Revalidate
+	case "key_trailing_slash":
+		return &h.KeyTrailingSlash
+	case "refusals":
+		return &h.Refusals
+	case "on_store_error":
+		return &h.OnStoreError
+	}
+	panic("write_guard: no option " + option)
+}
+
 // Validate rejects configurations that cannot guard anything. Provision
 // calls it too, before it builds any state from the options.
 func (h *Handler) Validate() error {
@@ -399,41 +442,16 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("methods: %q is not a method name", m)
 		}
 	}
-	switch h.Blind {
-	case "428", "409", "allow":
-	default:
-		return fmt.Errorf("blind: %q is not one of 428, 409, allow", h.Blind)
-	}
-	switch h.ETagMatch {
-	case "", "default", "strict":
-	default:
-		return fmt.Errorf("etag_match: %q is not one of default, strict", h.ETagMatch)
-	}
-	switch h.Refusals {
-	case "", "problem", "handle_errors":
-	default:
-		return fmt.Errorf("refusals: %q is not one of problem, handle_errors", h.Refusals)
-	}
-	switch h.KeyTrailingSlash {
-	case "", "ignore", "keep":
-	default:
-		return fmt.Errorf("key_trailing_slash: %q is not one of ignore, keep", h.KeyTrailingSlash)
-	}
-	switch h.ETags {
-	case "", "upstream", "hash":
-	default:
-		return fmt.Errorf("etags: %q is not one of upstream, hash", h.ETags)
+	for option := range choices {
+		if err := checkChoice(option, *h.choice(option)); err != nil {
+			return err
+		}
 	}
 	if h.HashMaxBody < 0 {
 		return fmt.Errorf("hash_max_body must not be negative")
 	}
 	if h.HashMaxBody > 0 && h.ETags != "hash" {
 		return fmt.Errorf("hash_max_body applies only with etags hash")
-	}
-	switch h.Revalidate {
-	case "", "miss", "always":
-	default:
-		return fmt.Errorf("revalidate: %q is not one of miss, always", h.Revalidate)
 	}
 	if h.LockTimeout < 0 {
 		return fmt.Errorf("lock_timeout must not be negative")
@@ -461,11 +479,6 @@ func (h *Handler) Validate() error {
 	}
 	if err := h.Store.validate(); err != nil {
 		return err
-	}
-	switch h.OnStoreError {
-	case "", "fail", "local":
-	default:
-		return fmt.Errorf("on_store_error: %q is not one of fail, local", h.OnStoreError)
 	}
 	if h.OnStoreError != "" && !h.Store.redis() {
 		return fmt.Errorf("on_store_error applies only with store redis")
