@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, with everything it runs against: installs what is
+# missing (redis-server, for the tests of store redis) when it can, then
+# vets and runs every test under the race detector. With CI set, tests that
+# need a missing program fail rather than skip.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+		# The package starts a server on the default port; the tests run their own.
+		if command -v service >/dev/null; then service redis-server stop >/dev/null 2>&1 || true; fi
+	else
+		echo "missing: ${missing[*]} (install them, e.g. apt-get install ${missing[*]})" >&2
+		exit 1
+	fi
+fi
+
+go vet ./...
+go test -race -count=1 ./...
