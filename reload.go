@@ -19,7 +19,6 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/writeguard/caddy-writeguard/redisstore"
-	"github.com/writeguard/caddy-writeguard/reskey"
 )
 
 // A reload provisions the new configuration while the old one still serves
@@ -312,10 +311,11 @@ func (reg *configRegistry) awaitUnfenced(ctx context.Context, self *liveConfig) 
 // fencedCtxKey marks a request with the fence lock a guard holds for it.
 type fencedCtxKey struct{}
 
-// fenceKey names a path's fence lock: its coarsest canonical form, so that
-// every naming of one resource meets there, and a prefix no key has.
+// fenceKey names a path's fence lock: its coarsest canonical form (as
+// abandoned writes are remembered by), so that every naming of one resource
+// meets there, and a prefix no key has.
 func fenceKey(path string) string {
-	return "\x00fence:" + reskey.Path(path, reskey.Options{CaseInsensitive: true})
+	return "\x00fence:" + markOf(path)
 }
 
 // serverOf is the server ctx provisions a handler for.
