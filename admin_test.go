@@ -172,7 +172,7 @@ func TestAdminForgetsInRedis(t *testing.T) {
 	const key = "example.com/items/1"
 	inRedis := func() bool {
 		t.Helper()
-		_, known, _, _, err := h.redis.Peek(context.Background(), key)
+		_, known, _, _, err := h.store.shared().Peek(context.Background(), key)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -219,7 +219,7 @@ func TestAdminForgetsEveryResource(t *testing.T) {
 		t.Errorf("answer %q, want 2 Redis versions forgotten", rec.Body)
 	}
 	for _, key := range []string{"example.com/items/1", "example.com/items/2"} {
-		if _, known, _, _, err := h.redis.Peek(context.Background(), key); err != nil || known {
+		if _, known, _, _, err := h.store.shared().Peek(context.Background(), key); err != nil || known {
 			t.Errorf("Redis still knows %s (%v)", key, err)
 		}
 		if _, ok := h.cache.Peek(key); ok {

@@ -27,7 +27,10 @@ func (e *spoolError) Unwrap() error { return e.err }
 //
 // A request read to its end no longer expects anything: see
 // dropExpectation.
-func (h *Handler) bufferBody(r *http.Request) (discard func(), err error) {
+//
+// A body held in memory is read through mem, which the caller owns (a part
+// of the write): the body costs the allocation of its bytes and of GetBody.
+func (h *Handler) bufferBody(r *http.Request, mem *bufferedBody) (discard func(), err error) {
 	defer func() {
 		if err == nil {
 			dropExpectation(r)
@@ -49,8 +52,7 @@ func (h *Handler) bufferBody(r *http.Request) (discard func(), err error) {
 		if _, err := io.ReadFull(r.Body, body); err != nil {
 			return discard, err
 		}
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		mem.hold(r, body)
 		return discard, nil
 	}
 	size := r.ContentLength
@@ -63,9 +65,7 @@ func (h *Handler) bufferBody(r *http.Request) (discard func(), err error) {
 		return discard, err
 	}
 	if n <= inMemory {
-		body := buf.Bytes()
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		mem.hold(r, buf.Bytes())
 		r.ContentLength = n
 		return discard, nil
 	}
@@ -98,6 +98,27 @@ func (h *Handler) bufferBody(r *http.Request) (discard func(), err error) {
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(f, 0, total)), nil }
 	r.ContentLength = total
 	return remove, nil
+}
+
+// bufferedBody is a request body held in memory, read from its start by the
+// upstream, and again by GetBody's readers when Go's transport retries.
+type bufferedBody struct {
+	bytes.Reader
+	data []byte
+}
+
+// hold makes data r's body.
+func (b *bufferedBody) hold(r *http.Request, data []byte) {
+	b.data = data
+	b.Reset(data)
+	r.Body = b
+	r.GetBody = b.reread
+}
+
+func (b *bufferedBody) Close() error { return nil }
+
+func (b *bufferedBody) reread() (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(b.data)), nil
 }
 
 // dropExpectation removes Expect from a request whose body is in hand.

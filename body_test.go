@@ -31,7 +31,7 @@ func TestBufferedBodyDropsExpectation(t *testing.T) {
 			}
 			req.Header.Set("Expect", "100-continue")
 			arrived := req.Header
-			discard, err := h.bufferBody(req)
+			discard, err := h.bufferBody(req, new(bufferedBody))
 			defer discard()
 			if err != nil {
 				t.Fatal(err)

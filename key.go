@@ -53,3 +53,20 @@ func (h *Handler) resourceKey(r *http.Request) string {
 	}
 	return h.siteOf(r) + reskey.Path(r.URL.EscapedPath(), h.keyOptions)
 }
+
+// learnsFrom reports whether a response to r describes the resource r's key
+// names. A query often selects another representation, another record or an
+// old revision (?format=xml, ?id=6, ?rev=1): unless the key includes the
+// query, such a response is no evidence of the keyed resource's version, and
+// neither is the outcome of a write to such a URL.
+func (h *Handler) learnsFrom(r *http.Request) bool {
+	// A bare "?" is no query. And a path with an encoded slash shares its
+	// key with the path that has a slash there (most servers resolve the
+	// decoded path), but some servers keep the two apart: its responses
+	// teach the key nothing, and writes to it only make the key forget.
+	return (h.keyHasQuery || r.URL.RawQuery == "") && !hasEncodedSlash(r.URL.RawPath)
+}
+
+func hasEncodedSlash(rawPath string) bool {
+	return rawPath != "" && (strings.Contains(rawPath, "%2F") || strings.Contains(rawPath, "%2f"))
+}

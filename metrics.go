@@ -10,29 +10,63 @@ import (
 	"github.com/writeguard/caddy-writeguard/etagcache"
 )
 
-// Outcomes of a guarded request, as counted in
+// outcome is what became of a guarded request, as counted in
 // caddy_write_guard_requests_total and shown in {http.write_guard.outcome}.
+// A small integer, so that it goes into the placeholder without an
+// allocation; it prints as its name.
+type outcome uint8
+
 const (
-	outcomeAllowed      = "allowed"           // forwarded: its precondition held
-	outcomeBlind        = "blind"             // 428/409: no precondition
-	outcomeStale        = "stale"             // 412: the precondition failed
-	outcomeBusy         = "busy"              // 409: lock_timeout or max_waiters
-	outcomeProbeFailed  = "probe_failed"      // 502/504: the version could not be checked
-	outcomeBadRequest   = "bad_request"       // 400: malformed precondition, method override or body
-	outcomeTooLarge     = "too_large"         // 413: body over max_body
-	outcomeUnauthorized = "unauthorized"      // the upstream's 401/403 to the version check
-	outcomeClientGone   = "client_gone"       // the client left before the write was decided
-	outcomeNested       = "outer_guarded"     // an outer guard of the same key decided
-	outcomeStoreDown    = "store_unavailable" // 503: Redis could not be reached (on_store_error fail)
+	outcomeAllowed      outcome = iota // forwarded: its precondition held
+	outcomeBlind                       // 428/409: no precondition
+	outcomeStale                       // 412: the precondition failed
+	outcomeBusy                        // 409: lock_timeout or max_waiters
+	outcomeProbeFailed                 // 502/504: the version could not be checked
+	outcomeBadRequest                  // 400: malformed precondition, method override or body
+	outcomeTooLarge                    // 413: body over max_body
+	outcomeUnauthorized                // the upstream's 401/403 to the version check
+	outcomeClientGone                  // the client left before the write was decided
+	outcomeNested                      // an outer guard of the same key decided
+	outcomeStoreDown                   // 503: Redis could not be reached (on_store_error fail)
+	numOutcomes
 )
 
-// Results of a version check, as counted in caddy_write_guard_probes_total.
+var outcomeNames = [numOutcomes]string{
+	outcomeAllowed:      "allowed",
+	outcomeBlind:        "blind",
+	outcomeStale:        "stale",
+	outcomeBusy:         "busy",
+	outcomeProbeFailed:  "probe_failed",
+	outcomeBadRequest:   "bad_request",
+	outcomeTooLarge:     "too_large",
+	outcomeUnauthorized: "unauthorized",
+	outcomeClientGone:   "client_gone",
+	outcomeNested:       "outer_guarded",
+	outcomeStoreDown:    "store_unavailable",
+}
+
+func (o outcome) String() string { return outcomeNames[o] }
+
+// probeResult is what a version check asked of the upstream found, as
+// counted in caddy_write_guard_probes_total.
+type probeResult uint8
+
 const (
-	probeVersion      = "version"      // the answer named the version (or the resource's absence)
-	probeNoVersion    = "no_version"   // the resource exists, but nothing names its version
-	probeUnauthorized = "unauthorized" // 401/403
-	probeFailed       = "failed"       // another status, a broken answer, or no answer
+	probeVersion      probeResult = iota // the answer named the version (or the resource's absence)
+	probeNoVersion                       // the resource exists, but nothing names its version
+	probeUnauthorized                    // 401/403
+	probeFailed                          // another status, a broken answer, or no answer
+	numProbeResults
 )
+
+var probeResultNames = [numProbeResults]string{
+	probeVersion:      "version",
+	probeNoVersion:    "no_version",
+	probeUnauthorized: "unauthorized",
+	probeFailed:       "failed",
+}
+
+func (p probeResult) String() string { return probeResultNames[p] }
 
 // The collectors exist once per process and are registered with the
 // registry of every configuration that uses the guard: Caddy gives each
@@ -64,13 +98,11 @@ var guardMetrics = sync.OnceValue(func() *metricSet {
 	}
 	// Every outcome and result is exported from the start, at zero, so that
 	// rates over them exist before the first occurrence.
-	m.byOutcome = map[string]prometheus.Counter{}
-	for _, o := range []string{outcomeAllowed, outcomeBlind, outcomeStale, outcomeBusy, outcomeProbeFailed, outcomeBadRequest, outcomeTooLarge, outcomeUnauthorized, outcomeClientGone, outcomeNested, outcomeStoreDown} {
-		m.byOutcome[o] = m.requests.WithLabelValues(o)
+	for o := range numOutcomes {
+		m.byOutcome[o] = m.requests.WithLabelValues(o.String())
 	}
-	m.byProbe = map[string]prometheus.Counter{}
-	for _, r := range []string{probeVersion, probeNoVersion, probeUnauthorized, probeFailed} {
-		m.byProbe[r] = m.probes.WithLabelValues(r)
+	for p := range numProbeResults {
+		m.byProbe[p] = m.probes.WithLabelValues(p.String())
 	}
 	cacheCounter := func(name, help string, pick func(etagcache.Stats) uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: name, Help: help},
@@ -101,7 +133,8 @@ type metricSet struct {
 	storeErrors      prometheus.Counter
 	collectors       []prometheus.Collector
 
-	byOutcome, byProbe map[string]prometheus.Counter
+	byOutcome [numOutcomes]prometheus.Counter
+	byProbe   [numProbeResults]prometheus.Counter
 }
 
 // registerMetrics adds the guard's collectors to a configuration's registry.
@@ -120,19 +153,9 @@ func registerMetrics(reg prometheus.Registerer) error {
 	return nil
 }
 
-func countOutcome(outcome string) { count(guardMetrics().requests, guardMetrics().byOutcome, outcome) }
+func countOutcome(o outcome) { guardMetrics().byOutcome[o].Inc() }
 
-func countProbe(result string) { count(guardMetrics().probes, guardMetrics().byProbe, result) }
-
-// count increments vec's counter for label, found in known without the
-// allocations of a lookup by label values when it is one of them.
-func count(vec *prometheus.CounterVec, known map[string]prometheus.Counter, label string) {
-	if c, ok := known[label]; ok {
-		c.Inc()
-		return
-	}
-	vec.WithLabelValues(label).Inc()
-}
+func countProbe(p probeResult) { guardMetrics().byProbe[p].Inc() }
 
 func observeLockWait(d time.Duration) { guardMetrics().lockWait.Observe(d.Seconds()) }
 

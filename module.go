@@ -7,6 +7,7 @@ package writeguard
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -22,7 +23,6 @@ import (
 	"github.com/writeguard/caddy-writeguard/etagcache"
 	"github.com/writeguard/caddy-writeguard/lockmgr"
 	"github.com/writeguard/caddy-writeguard/precondition"
-	"github.com/writeguard/caddy-writeguard/redisstore"
 	"github.com/writeguard/caddy-writeguard/reskey"
 )
 
@@ -209,9 +209,7 @@ type Handler struct {
 	OnStoreError string `json:"on_store_error,omitempty"`
 
 	methods map[string]struct{}
-	// hashTags and revalidateAlways cache ETags == "hash" and
-	// Revalidate == "always".
-	hashTags         bool
+	// revalidateAlways caches Revalidate == "always".
 	revalidateAlways bool
 	// keyTemplate is Key with canonical placeholders; "" for the default.
 	keyTemplate string
@@ -244,11 +242,13 @@ type Handler struct {
 	// reg is the process's live configurations.
 	reg   *configRegistry
 	locks *lockmgr.Manager
-	cache *etagcache.Cache
-	// redis, when not nil, holds the locks and versions that decide writes.
-	redis *redisstore.Store
-	// unseen lists the writes made while Redis could not be reached.
-	unseen   *unseenWrites
+	// cache holds the versions learned and recorded in this process; store
+	// holds the locks and versions that decide writes (store.go), versions
+	// names them (versions.go).
+	cache    *etagcache.Cache
+	store    store
+	versions versionSource
+	timeouts *writeTimeouts
 	poolKeys []string
 	logger   *zap.Logger
 }
@@ -312,8 +312,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.overrideFields = append(h.overrideFields, http.CanonicalHeaderKey(f))
 		}
 	}
-	h.hashTags = h.ETags == "hash"
-	if h.hashTags && h.HashMaxBody == 0 {
+	if h.ETags == "hash" && h.HashMaxBody == 0 {
 		h.HashMaxBody = DefaultHashMaxBody
 	}
 	h.revalidateAlways = h.Revalidate == "always"
@@ -366,9 +365,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		TTL:         time.Duration(h.CacheTTL),
 		Generations: shared.generations,
 	}
+	// Tags of the upstream and the guard's own never share a cache.
 	etags := "upstream"
-	if h.hashTags {
+	h.versions = upstreamVersions{h}
+	if h.ETags == "hash" {
 		etags = "hash"
+		h.versions = &hashVersions{h: h, limit: h.HashMaxBody}
 	}
 	cache, key, err := attachCache(cacheCfg, etags)
 	if err != nil {
@@ -376,14 +378,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.poolKeys = append(h.poolKeys, key)
 	h.cache = cache
+	h.timeouts = &writeTimeouts{d: time.Duration(h.WriteTimeout)}
 
+	h.store = memoryStore{h.cache}
 	if h.Store.redis() {
-		store, key, err := attachRedis(*h.Store, time.Duration(h.CacheTTL))
+		shared, key, err := attachRedis(*h.Store, time.Duration(h.CacheTTL))
 		if err != nil {
 			return fmt.Errorf("write_guard store: %v", err)
 		}
 		h.poolKeys = append(h.poolKeys, key)
-		h.redis, h.unseen = store.Store, store.unseen
+		h.store = &redisStore{h: h, redis: shared.Store, unseen: shared.unseen}
 	}
 	return nil
 }
@@ -517,14 +521,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if len(h.overrideFields) > 0 {
 		m, err := h.overriddenMethod(r, method)
 		if err != nil {
-			h.logRejection(r, "bad_request", err.field)
-			return h.refuse(w, r, problem{
-				Type:   problemInvalidMethodOverride,
-				Title:  "Invalid method override",
-				Status: http.StatusBadRequest,
-				Detail: err.reason,
-				Header: err.field,
-			})
+			return h.refuse(w, r, refuseMethodOverride(err))
 		}
 		method = m
 	}
@@ -532,28 +529,59 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case guarded:
 		return h.serveWrite(w, r, next, method)
 	case method == http.MethodGet || method == http.MethodHead:
-		if h.hashTags {
-			return h.serveHashedRead(w, r, next, method)
-		}
-		return h.serveRead(w, r, next)
+		return h.versions.serveRead(w, r, next, method)
 	case method == http.MethodOptions || method == http.MethodTrace:
 		return next.ServeHTTP(w, r)
 	}
-	// A method the guard lets through may still change the resource (a POST
-	// that updates it): whatever version was known may be old once the
-	// upstream answers. It is not serialized; guard it to serialize it.
-	if h.config != nil {
-		if !h.config.enter() {
-			return h.refuseStopped(w, r)
-		}
-		defer h.config.exit()
+	return h.serveUnguarded(w, r, next)
+}
+
+// serveUnguarded passes a method the guard lets through. It may still
+// change the resource (a POST that updates it): whatever version was known
+// may be old once the upstream answers, so it is forgotten. It is not
+// serialized; guard the method to serialize it.
+func (h *Handler) serveUnguarded(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !h.config.enter() {
+		return h.refuse(w, r, refuseStopped())
 	}
-	unguarded := &heldWrite{h: h, key: h.resourceKey(r), method: method}
-	defer unguarded.finish(0, "", "")
-	return next.ServeHTTP(&outcomeWriter{
-		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
-		held:                  unguarded,
-	}, r)
+	defer h.config.exit()
+	fw := &forgettingWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, h: h, key: h.resourceKey(r)}
+	defer fw.forget()
+	return next.ServeHTTP(fw, r)
+}
+
+// forgettingWriter forgets a resource's version when an unguarded write's
+// answer arrives, and at the latest when the request is done.
+type forgettingWriter struct {
+	caddyhttp.ResponseWriterWrapper
+	h    *Handler
+	key  string
+	done bool
+}
+
+func (fw *forgettingWriter) forget() {
+	if !fw.done {
+		fw.done = true
+		fw.h.cache.Forget(fw.key)
+		fw.h.store.forget(fw.key)
+	}
+}
+
+func (fw *forgettingWriter) WriteHeader(status int) {
+	if status >= 200 || status == http.StatusSwitchingProtocols {
+		fw.forget()
+	}
+	fw.ResponseWriterWrapper.WriteHeader(status)
+}
+
+func (fw *forgettingWriter) Write(p []byte) (int, error) {
+	fw.forget()
+	return fw.ResponseWriterWrapper.Write(p)
+}
+
+func (fw *forgettingWriter) ReadFrom(r io.Reader) (int64, error) {
+	fw.forget()
+	return fw.ResponseWriterWrapper.ReadFrom(r)
 }
 
 // Interface guards

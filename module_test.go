@@ -48,7 +48,7 @@ func newTestHandler(t *testing.T, h *Handler) *Handler {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Cleanup() })
-	if h.redis != nil && h.config != nil {
+	if h.store.shared() != nil && h.config != nil {
 		// Serving begins with telling Redis how resources are named, which
 		// may make it forget versions: let that be over before the test's
 		// writes record theirs.
@@ -635,7 +635,7 @@ func TestNestedGuardsDoNotDeadlock(t *testing.T) {
 	through := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		return inner.ServeHTTP(w, r, storeHandler(store))
 	})
-	nested := guardMetrics().requests.WithLabelValues(outcomeNested)
+	nested := guardMetrics().requests.WithLabelValues(outcomeNested.String())
 	before := testutil.ToFloat64(nested)
 	if w := serve(t, outer, through, "PUT", "/doc", "v2", "If-Match: "+store.ETagOf([]byte("v1"))); w.Code != 200 {
 		t.Fatalf("nested guards: %d %s", w.Code, w.Body)

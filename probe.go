@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"maps"
 	"net/http"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/writeguard/caddy-writeguard/etagcache"
 	"github.com/writeguard/caddy-writeguard/precondition"
 )
 
@@ -25,98 +23,50 @@ var probeStripped = [...]string{
 	"Content-Length", "Content-Type", "Content-Encoding", "Content-Range", "Transfer-Encoding", "Expect",
 }
 
-// probeState asks the upstream for the resource's current version, through
-// the next handler so that it takes the same route as the write would,
-// with the client's own credentials. The answer is also taught to the cache.
-// A non-nil refusal means the version could not be established; it answers
-// the client instead of the write.
-func (h *Handler) probeState(w http.ResponseWriter, r *http.Request, key string, next caddyhttp.Handler) (state precondition.State, refusal func() error) {
-	stamp := h.cache.Stamp(key)
-	resp, v, known, err := h.probeVersion(r, next)
+// checkUpstream asks the upstream for the resource's current version,
+// under the write's lock, through the next handler so that it takes the
+// same route as the write would, with the client's own credentials. The
+// answer is also taught to the cache. A refusal means the version could
+// not be established; it answers the client instead of the write.
+func (wr *write) checkUpstream() (precondition.State, *refusal) {
+	h := wr.h
+	stamp := h.cache.Stamp(wr.key)
+	resp, v, known, err := h.versions.probe(wr.lr, wr.next)
 	if c := h.logger.Check(zapcore.DebugLevel, "probed upstream"); c != nil {
-		c.Write(zap.String("key", key), zap.Int("status", resp.status), zap.String("etag", v.ETag), zap.Error(err))
+		c.Write(zap.String("key", wr.key), zap.Int("status", resp.status), zap.String("etag", v.ETag), zap.Error(err))
 	}
 	if err == nil {
 		switch {
 		case known:
-			if h.learnsFrom(r) {
-				h.cache.Learn(key, stamp, v)
+			if h.learnsFrom(wr.r) {
+				h.cache.Learn(wr.key, stamp, v)
 			}
 			return stateOf(v), nil
 		case resp.status >= 200 && resp.status < 300:
 			// It exists, but nothing names its version.
 			return precondition.State{Exists: true}, nil
 		case resp.status == http.StatusUnauthorized || resp.status == http.StatusForbidden:
-			// The client may not read the resource: let it see why, exactly
-			// as the upstream said it.
-			return precondition.State{}, func() error {
-				h.logRejection(r, "unauthorized", "")
-				return resp.replay(w)
-			}
+			return precondition.State{}, refuseUnauthorized(resp)
 		}
 	}
-	status := http.StatusBadGateway
-	detail := fmt.Sprintf("The upstream answered the version check with status %d, so the write's preconditions could not be checked and the write was not forwarded. Retry later.", resp.status)
-	switch {
-	case context.Cause(r.Context()) == errWriteTimeout:
-		status = http.StatusGatewayTimeout
-		detail = fmt.Sprintf("The upstream did not answer the version check within %s (write_timeout), so the write was not forwarded. Retry later.", time.Duration(h.WriteTimeout))
-	case err != nil:
-		detail = "The upstream could not be reached to check the resource's current version, so the write was not forwarded. Retry later."
-	}
-	return precondition.State{}, func() error {
-		h.logRejection(r, "probe_failed", "")
-		return h.refuse(w, r, problem{
-			Type:   problemProbeFailed,
-			Title:  "Version check failed",
-			Status: status,
-			Detail: detail,
-		})
-	}
+	timedOut := context.Cause(wr.lr.Context()) == errWriteTimeout
+	return precondition.State{}, refuseProbeFailed(resp.status, err, timedOut, time.Duration(h.WriteTimeout))
 }
 
-// probeVersion asks the upstream for the resource's current version: a HEAD
-// (a GET where HEAD is refused) for the upstream's validators, or with
-// `etags hash` a GET whose body is hashed and discarded. known is false when
-// the answer names no version.
-func (h *Handler) probeVersion(r *http.Request, next caddyhttp.Handler) (resp *probeResponse, v etagcache.Version, known bool, err error) {
-	if h.hashTags {
-		resp, err = h.probe(r, http.MethodGet, next)
-	} else {
-		resp, err = h.probe(r, http.MethodHead, next)
-		if err == nil && (resp.status == http.StatusMethodNotAllowed || resp.status == http.StatusNotImplemented) {
-			resp, err = h.probe(r, http.MethodGet, next)
-		}
-	}
-	if err != nil {
+// countProbeResult counts what a version check found.
+func countProbeResult(resp *probeResponse, known bool, err error) {
+	switch {
+	case err != nil:
 		countProbe(probeFailed)
-		return resp, etagcache.Version{}, false, err
+	case known:
+		countProbe(probeVersion)
+	case resp.status >= 200 && resp.status < 300:
+		countProbe(probeNoVersion)
+	case resp.status == http.StatusUnauthorized || resp.status == http.StatusForbidden:
+		countProbe(probeUnauthorized)
+	default:
+		countProbe(probeFailed)
 	}
-	defer func() {
-		switch {
-		case known:
-			countProbe(probeVersion)
-		case resp.status >= 200 && resp.status < 300:
-			countProbe(probeNoVersion)
-		case resp.status == http.StatusUnauthorized || resp.status == http.StatusForbidden:
-			countProbe(probeUnauthorized)
-		default:
-			countProbe(probeFailed)
-		}
-	}()
-	etag := resp.header.Get("Etag")
-	if h.hashTags {
-		etag = ""
-		if resp.hash != nil {
-			if resp.status != http.StatusPartialContent {
-				etag = resp.hash.etag()
-			}
-			resp.hash.release()
-			resp.hash = nil
-		}
-	}
-	v, known = versionFromResponse(resp.status, etag, resp.header.Get("Last-Modified"))
-	return resp, v, known, nil
 }
 
 // probeResponse is what the upstream answered a probe.
@@ -136,7 +86,10 @@ const probeBodyLimit = 16 << 10
 // panics with http.ErrAbortHandler when the upstream's body does.
 var errProbeAborted = errors.New("the upstream's answer to the version check broke off")
 
-func (h *Handler) probe(r *http.Request, method string, next caddyhttp.Handler) (resp *probeResponse, err error) {
+// probe asks next for r's resource with method, as a plain read: no body,
+// no conditions, no method override. hashLimit > 0 digests a 2xx GET's
+// body, up to that many bytes.
+func (h *Handler) probe(r *http.Request, method string, next caddyhttp.Handler, hashLimit int64) (resp *probeResponse, err error) {
 	pr := r.Clone(withOwnVars(r.Context()))
 	pr.Method = method
 	pr.Body = http.NoBody
@@ -160,8 +113,8 @@ func (h *Handler) probe(r *http.Request, method string, next caddyhttp.Handler) 
 	// A cache between Caddy and the origin must not answer for the origin.
 	pr.Header.Set("Cache-Control", "no-cache")
 	resp = &probeResponse{header: make(http.Header)}
-	if h.hashTags && method == http.MethodGet {
-		resp.hash = newBodyHash(h.HashMaxBody)
+	if hashLimit > 0 && method == http.MethodGet {
+		resp.hash = newBodyHash(hashLimit)
 	}
 	defer func() {
 		if rec := recover(); rec != nil {

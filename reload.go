@@ -120,6 +120,9 @@ func (reg *configRegistry) watch(cfg *liveConfig) {
 // stopped and let go: nothing would serialize the write with the
 // configuration that replaced it.
 func (cfg *liveConfig) enter() bool {
+	if cfg == nil {
+		return true // not run by Caddy: nothing reloads
+	}
 	if cfg.writes.Add(1) < 0 {
 		cfg.writes.Add(-1)
 		return false
@@ -127,7 +130,11 @@ func (cfg *liveConfig) enter() bool {
 	return true
 }
 
-func (cfg *liveConfig) exit() { cfg.writes.Add(-1) }
+func (cfg *liveConfig) exit() {
+	if cfg != nil {
+		cfg.writes.Add(-1)
+	}
+}
 
 func (reg *configRegistry) leave(cfg *liveConfig) {
 	reg.mu.Lock()
@@ -308,9 +315,6 @@ func (reg *configRegistry) awaitUnfenced(ctx context.Context, self *liveConfig) 
 	}
 }
 
-// fencedCtxKey marks a request with the fence lock a guard holds for it.
-type fencedCtxKey struct{}
-
 // fenceKey names a path's fence lock: its coarsest canonical form (as
 // abandoned writes are remembered by), so that every naming of one resource
 // meets there, and a prefix no key has.
@@ -333,8 +337,8 @@ func serverOf(ctx context.Context) *caddyhttp.Server {
 func claimSharedNamings(cfg *liveConfig) {
 	byStore := map[*redisstore.Store][]*Handler{}
 	for _, h := range cfg.handlers {
-		if h.redis != nil {
-			byStore[h.redis] = append(byStore[h.redis], h)
+		if s := h.store.shared(); s != nil {
+			byStore[s] = append(byStore[s], h)
 		}
 	}
 	for store, handlers := range byStore {

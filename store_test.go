@@ -61,7 +61,7 @@ func TestLockLostIsNamedAndDistrusted(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := redistest.Start(t)
 			h, logs := redisHandler(t, srv, &tc.h)
-			if got := h.untrustedFor(); got != tc.want {
+			if got := h.store.(*redisStore).untrustedFor(); got != tc.want {
 				t.Fatalf("untrustedFor() = %v, want %v", got, tc.want)
 			}
 			store := backend.New()
@@ -80,11 +80,11 @@ func TestLockLostIsNamedAndDistrusted(t *testing.T) {
 				t.Fatalf("PUT: %d", code)
 			}
 
-			left, err := h.redis.Untrusted(ctx, "example.com/doc")
+			left, err := h.store.shared().Untrusted(ctx, "example.com/doc")
 			if err != nil || left <= tc.want*3/4 || left > tc.want {
 				t.Fatalf("untrusted for %v (%v), want about %v", left, err, tc.want)
 			}
-			if _, known, _, _, _ := h.redis.Peek(ctx, "example.com/doc"); known {
+			if _, known, _, _, _ := h.store.shared().Peek(ctx, "example.com/doc"); known {
 				t.Fatal("the write whose lock vanished recorded its version")
 			}
 			lost := logs.FilterLevelExact(zapcore.ErrorLevel).FilterMessageSnippet("vanished").All()
@@ -99,7 +99,7 @@ func TestLockLostIsNamedAndDistrusted(t *testing.T) {
 			if n := logs.FilterMessageSnippet("renew").Len(); n != 0 {
 				t.Errorf("%d logs blame renewals", n)
 			}
-			if d := h.redis.Deployment(); d.LocksVanished != 1 {
+			if d := h.store.shared().Deployment(); d.LocksVanished != 1 {
 				t.Errorf("counted %d vanished locks", d.LocksVanished)
 			}
 		})
@@ -126,10 +126,10 @@ func TestLockKeyPutBackIsLogged(t *testing.T) {
 	if code := <-done; code != 200 {
 		t.Fatalf("PUT: %d", code)
 	}
-	if v, known, _, _, _ := h.redis.Peek(ctx, "example.com/doc"); !known || v.ETag != store.ETagOf([]byte("v2")) {
+	if v, known, _, _, _ := h.store.shared().Peek(ctx, "example.com/doc"); !known || v.ETag != store.ETagOf([]byte("v2")) {
 		t.Fatalf("version %+v known %v", v, known)
 	}
-	if left, _ := h.redis.Untrusted(ctx, "example.com/doc"); left != 0 {
+	if left, _ := h.store.shared().Untrusted(ctx, "example.com/doc"); left != 0 {
 		t.Fatal("untrusted although nothing was lost")
 	}
 	if n := logs.FilterLevelExact(zapcore.WarnLevel).FilterMessageSnippet("put back").Len(); n != 1 || logs.FilterLevelExact(zapcore.ErrorLevel).Len() != 0 {
@@ -141,7 +141,7 @@ func TestLockKeyPutBackIsLogged(t *testing.T) {
 func TestLockExpiredIsNamed(t *testing.T) {
 	srv := redistest.Start(t)
 	h, logs := redisHandler(t, srv, &Handler{})
-	h.lockLost("example.com/doc", redisstore.ErrLockExpired)
+	h.store.(*redisStore).lockLost("example.com/doc", redisstore.ErrLockExpired)
 	got := logs.FilterLevelExact(zapcore.ErrorLevel).All()
 	if len(got) != 1 || !strings.Contains(got[0].Message, "not renewed within lock_ttl") || strings.Contains(got[0].Message, "vanished") {
 		t.Fatalf("logged %v", logs.All())
@@ -152,7 +152,7 @@ func TestLockExpiredIsNamed(t *testing.T) {
 // the version; without Redis it does nothing; with Redis unreachable the
 // version is forgotten once Redis answers.
 func TestDistrustShared(t *testing.T) {
-	newTestHandler(t, &Handler{}).distrustShared("example.com/doc", time.Minute)
+	newTestHandler(t, &Handler{}).store.distrust("example.com/doc", time.Minute)
 
 	srv := redistest.Start(t)
 	h, _ := redisHandler(t, srv, &Handler{Store: &StoreConfig{Timeout: caddy.Duration(200 * time.Millisecond)}})
@@ -167,8 +167,8 @@ func TestDistrustShared(t *testing.T) {
 		t.Fatal("a write whose version Redis knew asked the upstream")
 	}
 
-	h.distrustShared("example.com/doc", time.Minute)
-	if left, _ := h.redis.Untrusted(context.Background(), "example.com/doc"); left <= 0 {
+	h.store.distrust("example.com/doc", time.Minute)
+	if left, _ := h.store.shared().Untrusted(context.Background(), "example.com/doc"); left <= 0 {
 		t.Fatal("not untrusted")
 	}
 	before = *probes
@@ -177,8 +177,8 @@ func TestDistrustShared(t *testing.T) {
 	}
 
 	srv.Stop()
-	h.distrustShared("example.com/other", time.Minute)
-	if !h.unseen.pending() {
+	h.store.distrust("example.com/other", time.Minute)
+	if !h.store.(*redisStore).unseen.pending() {
 		t.Fatal("a resource Redis could not be told to distrust is not remembered")
 	}
 }

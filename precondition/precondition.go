@@ -93,7 +93,13 @@ func (l List) String() string {
 // "*" alone, or a comma-separated list of entity-tags spread over any number
 // of lines, with empty list elements ignored (RFC 9110 section 5.6.1).
 func ParseList(lines []string) (List, error) {
-	var l List
+	return parseList(lines, nil)
+}
+
+// parseList is ParseList appending the tags to tags, whose spare capacity
+// spares the common single-tag list an allocation.
+func parseList(lines []string, tags []ETag) (List, error) {
+	l := List{Tags: tags}
 	size := 0
 	for _, line := range lines {
 		size += len(line)
@@ -139,6 +145,9 @@ func ParseList(lines []string) (List, error) {
 	if !l.Any && len(l.Tags) == 0 {
 		return List{}, errors.New("no entity-tag")
 	}
+	if len(l.Tags) == 0 {
+		l.Tags = nil
+	}
 	return l, nil
 }
 
@@ -156,6 +165,13 @@ type Conditions struct {
 	// IfUnmodifiedSince is nil when the field is absent or invalid. (A
 	// pointer, because a valid date can be the zero time: year 1.)
 	IfUnmodifiedSince *time.Time
+
+	// What ParseInto points the fields above at, so that parsing the
+	// preconditions of a write allocates nothing of its own. Copies share
+	// it, which is harmless: parsed conditions are never modified.
+	lists [2]List
+	tags  [2]ETag
+	date  time.Time
 }
 
 // HeaderError reports a syntactically invalid precondition field.
@@ -170,27 +186,40 @@ func (e *HeaderError) Error() string { return e.Field + ": " + e.Reason }
 // If-None-Match is an error (the request cannot be evaluated); an invalid
 // If-Unmodified-Since is ignored, as RFC 9110 section 13.1.4 requires.
 func Parse(h http.Header) (Conditions, error) {
-	var c Conditions
-	for _, f := range [...]struct {
-		name string
-		dst  **List
-	}{{"If-Match", &c.IfMatch}, {"If-None-Match", &c.IfNoneMatch}} {
-		lines, ok := h[f.name]
+	c := new(Conditions)
+	err := c.ParseInto(h)
+	return *c, err
+}
+
+// ParseInto is Parse into c, which keeps what the fields point to: a
+// Conditions that is part of a larger value already allocated costs no
+// allocation for lists of one tag each.
+func (c *Conditions) ParseInto(h http.Header) error {
+	*c = Conditions{}
+	for i, name := range [...]string{"If-Match", "If-None-Match"} {
+		lines, ok := h[name]
 		if !ok {
 			continue
 		}
-		l, err := ParseList(lines)
+		l, err := parseList(lines, c.tags[i:i:i+1])
 		if err != nil {
-			return Conditions{}, &HeaderError{Field: f.name, Reason: err.Error()}
+			*c = Conditions{}
+			return &HeaderError{Field: name, Reason: err.Error()}
 		}
-		*f.dst = &l
+		c.lists[i] = l
+		if i == 0 {
+			c.IfMatch = &c.lists[0]
+		} else {
+			c.IfNoneMatch = &c.lists[1]
+		}
 	}
 	if lines := h["If-Unmodified-Since"]; len(lines) == 1 {
 		if t, err := http.ParseTime(lines[0]); err == nil {
-			c.IfUnmodifiedSince = &t
+			c.date = t
+			c.IfUnmodifiedSince = &c.date
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // Blind reports whether the request carries no precondition at all: a write

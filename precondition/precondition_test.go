@@ -272,3 +272,36 @@ func TestNamesOnly(t *testing.T) {
 		t.Error("NamesOnly of no tags")
 	}
 }
+
+// A write's preconditions are parsed into a Conditions the write already
+// holds: one tag per list and a date cost no allocation, and what the
+// fields point to is the Conditions' own.
+func TestParseIntoAllocatesNothing(t *testing.T) {
+	h := http.Header{
+		"If-Match":            {`"a"`},
+		"If-None-Match":       {`W/"b"`},
+		"If-Unmodified-Since": {"Mon, 01 Jan 2024 00:00:00 GMT"},
+	}
+	var c Conditions
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := c.ParseInto(h); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("ParseInto allocated %v times, want 0", allocs)
+	}
+	if c.IfMatch.Tags[0].Opaque != `"a"` || !c.IfNoneMatch.Tags[0].Weak || c.IfUnmodifiedSince.Year() != 2024 {
+		t.Errorf("parsed %+v", c)
+	}
+	// Two tags outgrow the inline room and still parse.
+	h["If-Match"] = []string{`"a", "b"`}
+	if err := c.ParseInto(h); err != nil || len(c.IfMatch.Tags) != 2 || c.IfMatch.Tags[1].Opaque != `"b"` || c.IfNoneMatch.Tags[0].Opaque != `W/"b"`[2:] {
+		t.Errorf("two tags: %+v, %v", c.IfMatch, err)
+	}
+	// A failed parse leaves nothing behind.
+	h["If-Match"] = []string{`nope`}
+	if err := c.ParseInto(h); err == nil || c.IfMatch != nil || c.IfNoneMatch != nil {
+		t.Errorf("invalid: %+v, %v", c, err)
+	}
+}

@@ -1,6 +1,7 @@
 package writeguard
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
@@ -18,9 +19,40 @@ import (
 	"github.com/writeguard/caddy-writeguard/precondition"
 )
 
-// With `etags hash` the guard names versions itself, by a digest of the
-// representation's bytes, because the upstream's own tags are missing or do
-// not change with the content (mtime+size tags that repeat within a second).
+// hashVersions names versions itself, by a digest of the representation's
+// bytes (`etags hash`), for upstreams whose own tags are missing or do not
+// change with the content (mtime+size tags that repeat within a second):
+// every 2xx GET is tagged with the digest of its body, a write is checked
+// against the digest of the current representation, and a successful
+// write's answer carries the digest of the representation it made.
+type hashVersions struct {
+	h *Handler
+	// limit is hash_max_body: larger representations get no tag.
+	limit int64
+}
+
+func (s *hashVersions) untagged() string { return hashUntagged(s.limit)() }
+
+// probe asks for the representation with a GET, whose body is hashed and
+// discarded.
+func (s *hashVersions) probe(r *http.Request, next caddyhttp.Handler) (*probeResponse, etagcache.Version, bool, error) {
+	resp, err := s.h.probe(r, http.MethodGet, next, s.limit)
+	if err != nil {
+		countProbeResult(resp, false, err)
+		return resp, etagcache.Version{}, false, err
+	}
+	etag := ""
+	if resp.hash != nil {
+		if resp.status != http.StatusPartialContent {
+			etag = resp.hash.etag()
+		}
+		resp.hash.release()
+		resp.hash = nil
+	}
+	v, known := versionFromResponse(resp.status, etag, resp.header.Get("Last-Modified"))
+	countProbeResult(resp, known, nil)
+	return resp, v, known, nil
+}
 
 // DefaultHashMaxBody is the largest representation tagged by default.
 const DefaultHashMaxBody = 16 << 20
@@ -136,7 +168,8 @@ func (b *bodyHash) etag() string {
 // which is also what the cache learns. The client's If-None-Match and
 // If-Match name the guard's tags, so the guard evaluates them instead of
 // the upstream.
-func (h *Handler) serveHashedRead(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, method string) error {
+func (s *hashVersions) serveRead(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, method string) error {
+	h := s.h
 	hw := &hashingWriter{
 		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
 		h:                     h,
@@ -156,7 +189,7 @@ func (h *Handler) serveHashedRead(w http.ResponseWriter, r *http.Request, next c
 		// and discarded, so that a body of any size the client already has
 		// is answered 304 instead of being sent again.
 		if v, ok := h.cache.Get(hw.key); !ok || v.Exists && v.ETag != "" && hw.noneMatch(v.ETag) {
-			if done, err := h.revalidateRead(w, r, next, hw); done {
+			if done, err := s.revalidateRead(w, r, next, hw); done {
 				return err
 			}
 		}
@@ -218,9 +251,10 @@ func parsedList(hdr http.Header, field string) *precondition.List {
 // revalidateRead answers a conditional GET whose If-None-Match names the
 // cached version: 304 when a GET of the current representation hashes to
 // it; otherwise (done false) the request is served as any other.
-func (h *Handler) revalidateRead(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, hw *hashingWriter) (done bool, err error) {
+func (s *hashVersions) revalidateRead(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, hw *hashingWriter) (done bool, err error) {
+	h := s.h
 	stamp := h.cache.Stamp(hw.key)
-	resp, v, known, err := h.probeVersion(r, next)
+	resp, v, known, err := s.probe(r, next)
 	if err != nil || !known || !v.Exists || v.ETag == "" || !hw.noneMatch(v.ETag) {
 		return false, nil
 	}
@@ -558,13 +592,7 @@ func (hw *hashingWriter) finish(err error) error {
 			for _, f := range representationFields {
 				hdr.Del(f)
 			}
-			return writeProblem(hw.ResponseWriterWrapper.ResponseWriter, hw.r, problem{
-				Type:   problemPreconditionFailed,
-				Title:  "Precondition failed",
-				Status: http.StatusPreconditionFailed,
-				Detail: "The representation changed since the version named in If-Match. GET it without If-Match to have the current version and its ETag.",
-				Header: "If-Match",
-			})
+			return writeProblem(hw.ResponseWriterWrapper.ResponseWriter, hw.r, readPreconditionFailed())
 		}
 		if tag != "" {
 			hdr.Set("Etag", tag)
@@ -675,3 +703,196 @@ func isEventStream(hdr http.Header) bool {
 // writerOnly hides a writer's ReadFrom, so that io.Copy does not call it
 // back.
 type writerOnly struct{ io.Writer }
+
+// taggingWriter carries a guarded write's answer with `etags hash`. The
+// upstream's answer names no version the guard can use, so after a
+// successful write the guard asks for the new representation, still under
+// the lock, records its tag and hands it to the client in the answer's
+// ETag. The answer is held (up to heldBodyLimit) until reverse_proxy has
+// read it: asking sooner would wait for the connection the answer still
+// occupies, for ever with `max_conns_per_host 1`.
+type taggingWriter struct {
+	caddyhttp.ResponseWriterWrapper
+	wr *write
+
+	holding bool
+	status  int
+	body    heldBuffer
+}
+
+func (tw *taggingWriter) WriteHeader(status int) {
+	wr := tw.wr
+	if tw.holding || wr.ended {
+		if !tw.holding {
+			tw.ResponseWriterWrapper.WriteHeader(status)
+		}
+		return
+	}
+	if status < 200 {
+		if status == http.StatusSwitchingProtocols {
+			// The connection becomes a tunnel; what it does to the
+			// resource is unknown.
+			wr.end(true, 0, nil)
+		}
+		tw.ResponseWriterWrapper.WriteHeader(status)
+		return
+	}
+	hdr := tw.Header()
+	// Neither the upstream's tag nor its ETag trailer names a version the
+	// guard vouches for.
+	hdr.Del("Etag")
+	dropETagTrailer(hdr)
+	if tw.tagsAnswer(status, hdr) {
+		// write_timeout goes on until the answer has been read: an
+		// upstream that stalls in its body must not hold the lock longer.
+		tw.holding = true
+		tw.status = status
+		tw.body = getHeld(contentLength(hdr))
+		return
+	}
+	// Failed, a DELETE (recorded as absent), or an answer about another
+	// resource (a POST's 201 with the Location of what it created): the
+	// version is recorded or forgotten without asking.
+	wr.end(true, status, wr.answered(status, "", ""))
+	tw.ResponseWriterWrapper.WriteHeader(status)
+}
+
+// tagsAnswer reports whether the new version of the write's target is
+// worth asking for: the write succeeded, left something there, and the
+// answer is about the target itself.
+func (tw *taggingWriter) tagsAnswer(status int, hdr http.Header) bool {
+	wr := tw.wr
+	if status < 200 || status >= 300 || wr.method == http.MethodDelete || wr.method == http.MethodPost {
+		return false
+	}
+	loc := hdr.Get("Location")
+	if loc == "" {
+		return true
+	}
+	u, err := wr.r.URL.Parse(loc)
+	return err == nil && (u.Host == "" || u.Host == wr.r.Host) && u.EscapedPath() == wr.r.URL.EscapedPath()
+}
+
+func (tw *taggingWriter) Write(p []byte) (int, error) {
+	if !tw.holding && !tw.wr.ended {
+		tw.WriteHeader(http.StatusOK)
+	}
+	if tw.holding {
+		if tw.body.append(p) {
+			return len(p), nil
+		}
+		// Too large to hold: let it go without a tag, and let the next
+		// write ask for the version.
+		if err := tw.release(); err != nil {
+			return 0, err
+		}
+	}
+	return tw.ResponseWriterWrapper.Write(p)
+}
+
+// release sends a held answer without a tag and gives the lock up.
+func (tw *taggingWriter) release() error {
+	tw.holding = false
+	tw.wr.end(true, 0, nil)
+	tw.ResponseWriterWrapper.WriteHeader(tw.status)
+	b := tw.body.bytes()
+	var err error
+	if len(b) > 0 {
+		_, err = tw.ResponseWriterWrapper.Write(b)
+	}
+	tw.body.release()
+	return err
+}
+
+func (tw *taggingWriter) ReadFrom(r io.Reader) (int64, error) {
+	return io.Copy(writerOnly{tw}, r)
+}
+
+// FlushError waits while the answer is held: reverse_proxy flushes after
+// every write of an answer without Content-Length.
+func (tw *taggingWriter) FlushError() error {
+	if tw.holding {
+		return nil
+	}
+	if !tw.wr.ended {
+		tw.WriteHeader(http.StatusOK)
+		if tw.holding {
+			return nil
+		}
+	}
+	return http.NewResponseController(tw.ResponseWriterWrapper.ResponseWriter).Flush()
+}
+
+// serveNext runs the next handler; reverse_proxy's abort of an answer that
+// is still held becomes an error, since nothing has reached the client.
+func (tw *taggingWriter) serveNext(next caddyhttp.Handler, r *http.Request) (err error) {
+	defer func() {
+		// An ETag trailer the upstream did not announce, which
+		// reverse_proxy passes on under http.TrailerPrefix.
+		delete(tw.Header(), http.TrailerPrefix+"Etag")
+		if rec := recover(); rec != nil {
+			if rec != http.ErrAbortHandler || !tw.holding {
+				panic(rec)
+			}
+			err = caddyhttp.Error(http.StatusBadGateway, errAnswerAborted)
+		}
+	}()
+	return next.ServeHTTP(tw, r)
+}
+
+// forward holds a successful write's answer until reverse_proxy has
+// returned, then asks for the new version (complete).
+func (s *hashVersions) forward(wr *write) error {
+	tw := &taggingWriter{
+		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: wr.w},
+		wr:                    wr,
+	}
+	err := tw.serveNext(wr.next, wr.lr)
+	if tw.holding {
+		return tw.complete(err)
+	}
+	return err
+}
+
+// complete ends a held answer once reverse_proxy has returned: it asks for
+// the new version, records it, releases the lock and sends the answer with
+// the new tag. The check runs on the client's context, bounded anew by
+// write_timeout: the write itself is done.
+func (tw *taggingWriter) complete(err error) error {
+	tw.holding = false
+	defer tw.body.release()
+	wr := tw.wr
+	h := wr.h
+	if err != nil {
+		// The upstream answered, then failed or stalled past write_timeout:
+		// the write was probably applied, and nothing has been sent yet.
+		wr.end(true, 0, nil)
+		hdr := tw.Header()
+		for _, f := range representationFields {
+			hdr.Del(f)
+		}
+		return wr.upstreamFailed(err)
+	}
+	h.timeouts.stop(wr)
+	ctx, cancel := context.WithTimeout(wr.r.Context(), time.Duration(h.WriteTimeout))
+	_, v, known, perr := h.versions.probe(wr.r.WithContext(ctx), wr.next)
+	cancel()
+	tagged := perr == nil && known && tw.status != http.StatusAccepted
+	var made *etagcache.Version
+	if tagged {
+		wr.made = v
+		made = &wr.made
+	}
+	wr.end(true, tw.status, made)
+	// reverse_proxy has put the upstream's ETag trailer, if any, in the
+	// header map.
+	tw.Header().Del("Etag")
+	if tagged && v.Exists && v.ETag != "" {
+		tw.Header().Set("Etag", v.ETag)
+	}
+	tw.ResponseWriterWrapper.WriteHeader(tw.status)
+	if b := tw.body.bytes(); len(b) > 0 {
+		_, err = tw.ResponseWriterWrapper.Write(b)
+	}
+	return err
+}
