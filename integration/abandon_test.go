@@ -89,9 +89,3 @@ func testLateWrite(t *testing.T, gateway bool) {
 		t.Fatalf("backend holds %s, want the late write", got)
 	}
 }
-
-type discardWriter struct{}
-
-func (discardWriter) Header() http.Header         { return http.Header{} }
-func (discardWriter) Write(p []byte) (int, error) { return len(p), nil }
-func (discardWriter) WriteHeader(int)             {}

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -44,41 +43,6 @@ func (panicHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 }
 
 func (panicHandler) UnmarshalCaddyfile(*caddyfile.Dispenser) error { return nil }
-
-// guardStats reads the guard's state from Caddy's admin endpoint.
-type guardStats struct {
-	LocksHeld int64 `json:"locks_held"`
-	Waiting   int64 `json:"waiting"`
-	Tracked   int   `json:"tracked"`
-}
-
-func adminStats(t *testing.T) guardStats {
-	t.Helper()
-	resp, err := http.Get("http://localhost:2999/write_guard/stats")
-	if err != nil {
-		t.Fatalf("admin stats: %v", err)
-	}
-	defer resp.Body.Close()
-	var s guardStats
-	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil || resp.StatusCode != 200 {
-		t.Fatalf("admin stats: %d %v", resp.StatusCode, err)
-	}
-	return s
-}
-
-// assertNoLocks checks that the lock manager holds no entry once the
-// requests under way are done.
-func assertNoLocks(t *testing.T) {
-	t.Helper()
-	var s guardStats
-	for range 100 {
-		if s = adminStats(t); s.Tracked == 0 && s.LocksHeld == 0 && s.Waiting == 0 {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Errorf("the lock manager still tracks %d resources (%d held, %d waiting)", s.Tracked, s.LocksHeld, s.Waiting)
-}
 
 // cleaningBackend resolves spellings of a path to one resource, as most
 // web servers and frameworks do: it decodes escapes, collapses slashes,

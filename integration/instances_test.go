@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -36,16 +35,6 @@ var testCaddy = sync.OnceValues(func() (string, error) {
 type instance struct {
 	base, admin string
 	cmd         *exec.Cmd
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // startInstance runs a Caddy process serving site (a site block's body) on
@@ -125,10 +114,6 @@ func (l *lockedWriter) String() string {
 // upstream.
 func guardSite(upstream, opts string) string {
 	return fmt.Sprintf("\twrite_guard {\n\t\tkey {http.request.uri.path}\n%s\n\t}\n\treverse_proxy %s\n", opts, upstream)
-}
-
-func redisOpts(srv *redistest.Server, extra string) string {
-	return fmt.Sprintf("\t\tstore redis %s {\n\t\t\tlock_ttl 1s\n\t\t}\n%s", srv.Addr, extra)
 }
 
 // cacheKnows waits until the instance's own cache holds a version of key.

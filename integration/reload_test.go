@@ -8,15 +8,6 @@ import (
 	"time"
 )
 
-// keyedConfig is a whole config whose one site keys resources with opts (a
-// write_guard block body, "" for the defaults).
-func keyedConfig(addr, opts, grace string) string {
-	return strings.Replace(globalOptions, "grace_period 1ns", "grace_period "+grace, 1) +
-		fmtSite(":9080 {\n\twrite_guard {\n%s\n\t}\n\treverse_proxy %s\n}\n", opts, addr)
-}
-
-const pathKey = "\t\tkey {http.request.uri.path}"
-
 // A reload that changes the key and a reload that changes it back must not
 // bring back the versions cached under the first key: writes made under the
 // second key never updated them.

@@ -3,50 +3,11 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 )
-
-// at sends one request to base (scheme and authority) with the Host field
-// host ("" keeps base's); headers are "Name: value" pairs.
-func at(t testing.TB, base, host, method, path, body string, headers ...string) response {
-	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, base+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if host != "" {
-		req.Host = host
-	}
-	for _, h := range headers {
-		name, value, _ := strings.Cut(h, ":")
-		req.Header.Add(name, strings.TrimSpace(value))
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatalf("%s %s%s: %v", method, base, path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return response{status: resp.StatusCode, header: resp.Header, body: string(b)}
-}
-
-// activate makes the configuration serve a guarded write, so that what
-// the test's reads teach the cache is not forgotten when a first write
-// finds that the namings in use changed since the last test (reload.go).
-func activate(t testing.TB, e entrance) {
-	t.Helper()
-	if r := at(t, e.base, e.host, http.MethodPut, "/warm-up", "x", "If-None-Match: *"); r.status != http.StatusCreated {
-		t.Fatalf("warm-up write: %d %s", r.status, r.body)
-	}
-}
 
 // waitCached waits until the in-process Caddy's version cache holds n
 // resources, under whatever keys: ristretto stores a new key
@@ -76,8 +37,6 @@ func waitCached(t testing.TB, n int64) {
 // staleWriteThrough has bob write through one entrance of a site naming
 // the version he read, then alice write through another entrance naming
 // the same, now replaced, version: she must get 412 and bob's change stay.
-type entrance struct{ base, host string }
-
 func staleWriteThrough(t *testing.T, store interface{ Get(string) ([]byte, bool) }, alice, bob entrance) {
 	t.Helper()
 	activate(t, alice)

@@ -3,28 +3,7 @@ package integration
 import (
 	"net/http"
 	"testing"
-	"time"
-
-	"github.com/caddyserver/caddy/v2/caddytest"
 )
-
-// startSites loads whole site blocks (with their addresses) into the
-// in-process Caddy.
-func startSites(t *testing.T, sites string) {
-	t.Helper()
-	t.Cleanup(func() {
-		if t.Skipped() {
-			t.Error("Caddy could not be started for this test")
-			return
-		}
-		unloadSites(t)
-	})
-	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{TestRequestTimeout: 30 * time.Second})
-	tester.InitServer(globalOptions+sites, "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
-}
 
 // One site with several names is one set of resources: a write through one
 // name and a stale write through another must not both pass.
