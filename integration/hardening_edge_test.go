@@ -17,33 +17,6 @@ import (
 	"github.com/writeguard/caddy-writeguard/examples/backend"
 )
 
-// upperCasingMethods reads the request method case-insensitively, as
-// Django, Werkzeug/Flask, Symfony/Laravel and the WordPress REST API do.
-func upperCasingMethods(store *backend.Store) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r2 := r.Clone(r.Context())
-		r2.Method = strings.ToUpper(r.Method)
-		store.ServeHTTP(w, r2)
-	})
-}
-
-// Caddy and Go's server accept "put" as a method token and reverse_proxy
-// passes it on unchanged.
-func TestLowerCaseMethodThroughCaddy(t *testing.T) {
-	store := newStore(map[string]string{"/doc": "v1"})
-	startCaddy(t, fmtSite(`
-	write_guard
-	reverse_proxy %s`, startBackend(t, upperCasingMethods(store))))
-	client := &http.Client{Timeout: 30 * time.Second}
-	r := do(t, client, "put", "/doc", "blind", "Content-Type: text/plain")
-	if r.status != http.StatusPreconditionRequired {
-		t.Errorf("blind put: %d, want 428", r.status)
-	}
-	if got := mustBody(t, store, "/doc"); got != "v1" {
-		t.Errorf("a blind put reached the backend unchecked: it holds %q", got)
-	}
-}
-
 // A site with a host matcher answers any port in Host (Caddy's host
 // matcher drops it), and backends ignore it: the port must not make a
 // second resource with its own lock and cached version.
