@@ -17,51 +17,6 @@ import (
 	"github.com/writeguard/caddy-writeguard/examples/backend"
 )
 
-// A site with a host matcher answers any port in Host (Caddy's host
-// matcher drops it), and backends ignore it: the port must not make a
-// second resource with its own lock and cached version.
-func TestHostPortAliasThroughCaddy(t *testing.T) {
-	store := newStore(map[string]string{"/doc": "v1"})
-	addr := startBackend(t, store)
-	t.Cleanup(func() {
-		if t.Skipped() {
-			t.Error("Caddy could not be started for this test")
-		}
-	})
-	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{TestRequestTimeout: 30 * time.Second})
-	tester.InitServer(globalOptions+fmtSite("http://localhost:9080 {\n\twrite_guard\n\treverse_proxy %s\n}\n", addr), "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
-	client := &http.Client{Timeout: 30 * time.Second}
-
-	stale := do(t, client, "GET", "/doc", "", "Host: localhost:9080").header.Get("ETag")
-	if r := do(t, client, "PUT", "/doc", "v2", "If-Match: "+stale, "Host: localhost:1"); r.status != 200 {
-		t.Fatalf("write through Host localhost:1: %d %s", r.status, r.body)
-	}
-	if r := do(t, client, "PUT", "/doc", "v3", "If-Match: "+stale, "Host: localhost:9080"); r.status != http.StatusPreconditionFailed {
-		t.Errorf("stale write through Host localhost:9080: %d, want 412; backend holds %q (v2 lost)", r.status, mustBody(t, store, "/doc"))
-	}
-}
-
-// cleaningBackend, like nginx, resolves the decoded path, so an encoded
-// slash is a separator to it and "%2F..%2F" climbs a segment.
-func TestEncodedSlashDotSegmentAlias(t *testing.T) {
-	store := newStore(map[string]string{"/docs/a": "v0"})
-	startCaddy(t, fmtSite(`
-	write_guard
-	reverse_proxy %s`, startBackend(t, cleaningBackend(store))))
-	client := &http.Client{Timeout: 30 * time.Second}
-
-	stale := do(t, client, "GET", "/docs/a", "").header.Get("ETag")
-	if r := do(t, client, "PUT", "/x%2F..%2Fdocs/a", "v1", "If-Match: "+stale); r.status != 200 {
-		t.Fatalf("write through /x%%2F..%%2Fdocs/a: %d %s", r.status, r.body)
-	}
-	if r := do(t, client, "PUT", "/docs/a", "lost", "If-Match: "+stale); r.status != http.StatusPreconditionFailed {
-		t.Errorf("stale write through /docs/a after a write through its alias: %d, want 412; backend holds %q", r.status, mustBody(t, store, "/docs/a"))
-	}
-}
-
 // stallingWriteAnswer applies a PUT, sends the answer's header and first
 // bytes, and then stalls until the client side gives up.
 func stallingWriteAnswer(store *backend.Store, stall <-chan struct{}) http.Handler {

@@ -3,10 +3,8 @@ package integration
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
-	"path"
 	"strings"
 	"sync"
 	"testing"
@@ -43,67 +41,6 @@ func (panicHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 }
 
 func (panicHandler) UnmarshalCaddyfile(*caddyfile.Dispenser) error { return nil }
-
-// cleaningBackend resolves spellings of a path to one resource, as most
-// web servers and frameworks do: it decodes escapes, collapses slashes,
-// resolves dot segments and ignores a trailing slash.
-func cleaningBackend(store *backend.Store) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r2 := r.Clone(r.Context())
-		r2.URL.Path = path.Clean("/" + r.URL.Path)
-		r2.URL.RawPath = ""
-		store.ServeHTTP(w, r2)
-	})
-}
-
-// TestAliasesShareOneResource writes through every spelling of one URL that
-// the backend resolves to the same document.
-func TestAliasesShareOneResource(t *testing.T) {
-	store := newStore(map[string]string{"/docs/a": "v0"})
-	store.WriteDelay = 20 * time.Millisecond
-	startCaddy(t, fmtSite(`
-	write_guard
-	reverse_proxy %s`, startBackend(t, cleaningBackend(store))))
-	client := &http.Client{Timeout: 30 * time.Second}
-	aliases := []string{
-		"/docs/a", "//docs/a", "/docs//a", "/./docs/a", "/docs/./a", "/x/../docs/a",
-		"/%64ocs/a", "/docs/%61", "/docs/a/", "/docs/a?", "/%2e/docs/a", "/docs/x/%2E%2E/a",
-	}
-
-	for i, alias := range aliases {
-		stale := do(t, client, "GET", "/docs/a", "").header.Get("ETag")
-		// Change the document through the canonical spelling...
-		if r := do(t, client, "PUT", "/docs/a", fmt.Sprintf("v%d", i+1), "If-Match: "+stale); r.status != 200 {
-			t.Fatalf("PUT /docs/a: %d %s", r.status, r.body)
-		}
-		// ...then a write through the alias with the tag from before must
-		// be refused, whatever the cache holds under the alias.
-		if r := do(t, client, "PUT", alias, "lost", "If-Match: "+stale); r.status != http.StatusPreconditionFailed {
-			t.Errorf("stale write through %s: %d, want 412", alias, r.status)
-		}
-		if got := mustBody(t, store, "/docs/a"); got != fmt.Sprintf("v%d", i+1) {
-			t.Fatalf("after the stale write through %s the backend holds %q", alias, got)
-		}
-	}
-
-	// Two writes naming the same version through different spellings at
-	// the same moment: one lock, so exactly one reaches the backend.
-	for round, pair := range [][2]string{{"/docs/a", "//docs/a"}, {"/docs/%61", "/docs/a/"}, {"/./docs/a", "/docs/x/../a"}} {
-		tag := do(t, client, "GET", "/docs/a", "").header.Get("ETag")
-		before := store.Writes()
-		a, b := racePair(client, pair, tag, func(i int) string { return fmt.Sprintf("round %d writer %d", round, i) })
-		if !(a == 200 && b == 412 || a == 412 && b == 200) {
-			t.Errorf("%s and %s: statuses %d and %d, want one 200 and one 412", pair[0], pair[1], a, b)
-		}
-		if n := store.Writes() - before; n != 1 {
-			t.Errorf("%s and %s: %d writes reached the backend", pair[0], pair[1], n)
-		}
-	}
-	if n := store.Overlaps(); n != 0 {
-		t.Errorf("%d writes overlapped at the backend", n)
-	}
-	assertNoLocks(t)
-}
 
 // faultyBackend applies writes to store and then misbehaves as told by the
 // X-Fault request header (which the guard passes on): "reset" drops the
