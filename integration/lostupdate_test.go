@@ -3,7 +3,6 @@ package integration
 import (
 	"fmt"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 )
@@ -62,50 +61,5 @@ func TestSameIfMatchOnlyOneWins(t *testing.T) {
 		if got := store.Writes() - before; got != 1 {
 			t.Fatalf("round %d: %d writes reached the backend, want 1", round, got)
 		}
-	}
-}
-
-// TestReloadDuringWrites reloads the configuration (with cache settings
-// that give the new configuration a cache of its own) while writers are
-// busy: the old and new configurations must share one lock manager and must
-// not trust each other's stale versions.
-func TestReloadDuringWrites(t *testing.T) {
-	resources := []string{"/reload/a", "/reload/b"}
-	store := hotStore(resources)
-	store.WriteDelay = 20 * time.Millisecond
-	addr := startBackend(t, store)
-	config := func(ttl string) string {
-		return strings.Replace(globalOptions, "grace_period 1ns", "grace_period 10s", 1) +
-			fmtSite(":9080 {\n\twrite_guard {\n\t\tcache_ttl %s\n\t}\n\treverse_proxy %s\n}\n", ttl, addr)
-	}
-	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
-	tester.InitServer(config("5m"), "caddyfile")
-
-	wl := &workload{
-		base: caddyBase, resources: resources,
-		clients: 6, perClient: 15, think: time.Millisecond,
-		deadline: time.Now().Add(60 * time.Second),
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		wl.run(t)
-	}()
-	for _, ttl := range []string{"6m", "7m", "8m"} {
-		time.Sleep(300 * time.Millisecond)
-		tester.InitServer(config(ttl), "caddyfile")
-	}
-	<-done
-
-	lost, acked := wl.lost(t, store)
-	t.Logf("%d acknowledged writes across 3 reloads, %d lost, %d refused, %d errors", acked, lost, wl.refused.Load(), wl.errors.Load())
-	if lost != 0 {
-		t.Errorf("%d acknowledged writes lost across reloads", lost)
-	}
-	if n := store.Overlaps(); n != 0 {
-		t.Errorf("%d writes to one resource overlapped at the backend during reloads", n)
-	}
-	if acked == 0 {
-		t.Error("no write was acknowledged")
 	}
 }
