@@ -2,16 +2,402 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
+	"runtime"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddytest"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/writeguard/caddy-writeguard/internal/redistest"
 )
+
+var update = flag.Bool("update", false, "rewrite golden JSON files from the current adapter output")
+
+// TestCaddyfileAdapt checks the Caddyfile-to-JSON translation against the
+// golden files in caddyfile_adapt/, in the format of Caddy's own tests: the
+// Caddyfile, a line of dashes, the expected JSON.
+func TestCaddyfileAdapt(t *testing.T) {
+	files, err := filepath.Glob("caddyfile_adapt/*.caddyfiletest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no adapt tests found: %v", err)
+	}
+	split := regexp.MustCompile(`(?m)^-{5,}\s*$`)
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			raw, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parts := split.Split(string(raw), 2)
+			if len(parts) != 2 {
+				t.Fatalf("%s: no line of dashes between Caddyfile and JSON", f)
+			}
+			input, want := strings.TrimSpace(parts[0])+"\n", strings.TrimSpace(parts[1])
+			if *update {
+				os.WriteFile(f, []byte(input+"----------\n"+adapt(t, input)+"\n"), 0o644)
+				return
+			}
+			caddytest.AssertAdapt(t, input, "caddyfile", want)
+		})
+	}
+}
+
+func adapt(t *testing.T, caddyfile string) string {
+	t.Helper()
+	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfile), nil)
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	for _, w := range warnings {
+		t.Errorf("adapt warning: %s:%d: %s", w.File, w.Line, w.Message)
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, out, "", "\t"); err != nil {
+		t.Fatal(err)
+	}
+	return buf.String()
+}
+
+// TestExamples adapts every Caddyfile in examples/, compares it with the JSON
+// beside it, and validates the result as Caddy would before running it.
+func TestExamples(t *testing.T) {
+	files, err := filepath.Glob("../examples/Caddyfile*")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no examples found: %v", err)
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f, ".json") {
+			continue
+		}
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			raw, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := adapt(t, string(raw))
+			golden := f + ".json"
+			if *update {
+				os.WriteFile(golden, []byte(got+"\n"), 0o644)
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("every example needs its JSON beside it: %v", err)
+			}
+			if strings.TrimSpace(string(want)) != got {
+				t.Errorf("%s adapts to something other than %s:\n%s", f, golden, got)
+			}
+			var cfg caddy.Config
+			if err := json.Unmarshal([]byte(got), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			if err := caddy.Validate(&cfg); err != nil {
+				t.Errorf("%s does not validate: %v", f, err)
+			}
+			if !strings.Contains(got, `"handler": "write_guard"`) {
+				t.Errorf("%s does not use write_guard", f)
+			}
+		})
+	}
+}
+
+// TestJSONConfig runs the handler from Caddy's native JSON, and checks that
+// an unreachable upstream makes the version check fail closed.
+func TestJSONConfig(t *testing.T) {
+	store := newStore(map[string]string{"/doc": "v1"})
+	addr := startBackend(t, store)
+
+	// A port that was just free: nothing listens there.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+
+	tester := startCaddy(t, "respond 404") // start the in-process Caddy
+	tester.InitServer(`{
+		"admin": {"listen": "localhost:2999"},
+		"apps": {"http": {"http_port": 9080, "grace_period": 1, "servers": {"srv0": {
+			"listen": [":9080"],
+			"routes": [
+				{"match": [{"path": ["/dead/*"]}], "handle": [
+					{"handler": "write_guard"},
+					{"handler": "reverse_proxy", "upstreams": [{"dial": "`+dead+`"}]}
+				], "terminal": true},
+				{"handle": [
+					{"handler": "write_guard", "blind": "409", "lock_timeout": "5s", "cache_size": 1000},
+					{"handler": "reverse_proxy", "upstreams": [{"dial": "`+addr+`"}]}
+				]}
+			]
+		}}}}
+	}`, "json")
+	c := tester.Client
+
+	if r := do(t, c, "PUT", "/doc", "v2"); r.status != 409 {
+		t.Fatalf("blind write with blind=409: %d", r.status)
+	}
+	tag := do(t, c, "GET", "/doc", "").header.Get("ETag")
+	if r := do(t, c, "PUT", "/doc", "v2", "If-Match: "+tag); r.status != 200 || mustBody(t, store, "/doc") != "v2" {
+		t.Fatalf("conditional write: %d", r.status)
+	}
+	r := do(t, c, "PUT", "/dead/doc", "x", `If-Match: "a"`)
+	if r.status != 502 {
+		t.Fatalf("unreachable upstream: %d %s", r.status, r.body)
+	}
+	problemOf(t, r)
+}
+
+// TestAdminResource looks a resource up through Caddy's admin endpoint and
+// makes the guard forget it.
+func TestAdminResource(t *testing.T) {
+	var heads sync.Map
+	store := newStore(map[string]string{"/doc": "v1"})
+	counting := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodHead {
+			n, _ := heads.LoadOrStore(r.URL.Path, new(int))
+			*(n.(*int))++
+		}
+		store.ServeHTTP(w, r)
+	})
+	startCaddy(t, fmtSite(`
+	write_guard
+	reverse_proxy %s`, startBackend(t, counting)))
+	client := &http.Client{Timeout: 30 * time.Second}
+	tag := do(t, client, "GET", "/doc", "").header.Get("ETag")
+	put := do(t, client, "PUT", "/doc", "v2", "If-Match: "+tag)
+	newTag := put.header.Get("ETag")
+
+	type state struct {
+		Key    string `json:"key"`
+		Caches []struct {
+			Known      bool     `json:"known"`
+			Exists     bool     `json:"exists"`
+			ETag       string   `json:"etag"`
+			Superseded []string `json:"superseded"`
+		} `json:"caches"`
+	}
+	lookup := func() state {
+		resp, err := http.Get("http://localhost:2999/write_guard/resource?key=*/doc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var s state
+		if err := json.NewDecoder(resp.Body).Decode(&s); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("lookup: %d %v", resp.StatusCode, err)
+		}
+		return s
+	}
+	var s state
+	for range 100 { // ristretto applies the store of a new key asynchronously
+		if s = lookup(); len(s.Caches) == 1 && s.Caches[0].Known {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(s.Caches) != 1 || !s.Caches[0].Known || !s.Caches[0].Exists || s.Caches[0].ETag != newTag {
+		t.Fatalf("lookup after the write: %+v, want the version %s", s, newTag)
+	}
+	if got := s.Caches[0].Superseded; len(got) != 1 || got[0] != tag {
+		t.Errorf("superseded %q, want the version the write replaced, %s", got, tag)
+	}
+	// A write naming the replaced version is refused without asking.
+	headsNow := func() int {
+		if n, ok := heads.Load("/doc"); ok {
+			return *(n.(*int))
+		}
+		return 0
+	}
+	before := headsNow()
+	if r := do(t, client, "PUT", "/doc", "lost", "If-Match: "+tag); r.status != http.StatusPreconditionFailed {
+		t.Fatalf("write naming the replaced version: %d", r.status)
+	}
+	if headsNow() != before {
+		t.Error("a write naming a replaced version was checked with the upstream")
+	}
+
+	req, _ := http.NewRequest(http.MethodDelete, "http://localhost:2999/write_guard/resource?key=*/doc", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE: %d", resp.StatusCode)
+	}
+	if s := lookup(); s.Caches[0].Known {
+		t.Errorf("still known after DELETE: %+v", s)
+	}
+	// Forgotten, the next write asks the upstream.
+	before = headsNow()
+	if r := do(t, client, "PUT", "/doc", "v3", "If-Match: "+newTag); r.status != 200 {
+		t.Fatalf("write after forgetting: %d", r.status)
+	}
+	if n, _ := heads.Load("/doc"); n == nil || *(n.(*int)) != before+1 {
+		t.Error("the write after DELETE did not ask the upstream")
+	}
+
+	if resp, err := http.Get("http://localhost:2999/write_guard/resource"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("lookup without key: %d", resp.StatusCode)
+		}
+	}
+}
+
+// adminResourceView is the JSON the resource endpoint answers with.
+type adminResourceView struct {
+	Key    string   `json:"key"`
+	Error  string   `json:"error"`
+	Tried  []string `json:"tried"`
+	Caches []struct {
+		Key   string `json:"key"`
+		Known bool   `json:"known"`
+	} `json:"caches"`
+	Stores []struct {
+		Key   string `json:"key"`
+		Known bool   `json:"known"`
+	} `json:"stores"`
+}
+
+// adminResource calls the in-process Caddy's resource endpoint with key as
+// an operator would type it.
+func adminResource(t *testing.T, method, key string) (int, adminResourceView) {
+	t.Helper()
+	req, _ := http.NewRequest(method, "http://localhost:2999/write_guard/resource?key="+url.QueryEscape(key), nil)
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var v adminResourceView
+	if len(raw) > 0 {
+		if err := json.Unmarshal(raw, &v); err != nil {
+			t.Fatalf("%s %s: %d %q: %v", method, key, resp.StatusCode, raw, err)
+		}
+	}
+	return resp.StatusCode, v
+}
+
+// TestAdminForgetsAnySpelling makes the guard of a real Caddy forget
+// resources named in spellings that its requests could use but its keys
+// do not: DELETE answers 204 only when it forgot something, and 404 with
+// the canonical key when nothing was known.
+func TestAdminForgetsAnySpelling(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, c := range []struct {
+		name, opts string
+		key        string // what the guard builds for GET /items/1 with Host localhost:9080
+		given      string
+		canonical  string
+		redis      bool
+	}{
+		{
+			name:  "host and path",
+			opts:  "key {http.request.host}{http.request.uri.path}",
+			key:   "localhost/items/1",
+			given: "LOCALHOST:9080/items//1/", canonical: "localhost:9080/items/1",
+		},
+		{
+			name:  "host form of a path-only key",
+			opts:  "key {http.request.uri.path}",
+			key:   "/items/1",
+			given: "localhost/items/1/", canonical: "localhost/items/1",
+		},
+		{
+			name:  "store redis",
+			opts:  "key {http.request.uri.path}\n\t\tstore redis " + srv.Addr,
+			key:   "/items/1",
+			given: "/items/./1", canonical: "/items/1",
+			redis: true,
+		},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			store := newStore(map[string]string{"/items/1": "v1"})
+			startCaddy(t, fmtSite(`
+	write_guard {
+		%s
+	}
+	reverse_proxy %s`, c.opts, startBackend(t, store)))
+			client := &http.Client{Timeout: 30 * time.Second}
+			tag := do(t, client, "GET", "/items/1", "").header.Get("ETag")
+			if c.redis {
+				// A write leaves its version in Redis.
+				if r := do(t, client, "PUT", "/items/1", "v2", "If-Match: "+tag); r.status != http.StatusOK {
+					t.Fatalf("PUT: %d %s", r.status, r.body)
+				}
+			}
+			waitLearned(t, c.key)
+
+			status, v := adminResource(t, http.MethodGet, c.given)
+			if status != http.StatusOK || v.Key != c.canonical || len(v.Caches) != 1 || !v.Caches[0].Known || v.Caches[0].Key != c.key {
+				t.Fatalf("GET %s: %d %+v, want the canonical key %s and the version found under %s", c.given, status, v, c.canonical, c.key)
+			}
+			if c.redis && (len(v.Stores) != 1 || !v.Stores[0].Known || v.Stores[0].Key != c.key) {
+				t.Fatalf("GET %s: Redis %+v, want the version found under %s", c.given, v.Stores, c.key)
+			}
+
+			if status, v := adminResource(t, http.MethodDelete, c.given); status != http.StatusNoContent {
+				t.Fatalf("DELETE %s: %d %+v", c.given, status, v)
+			}
+			status, v = adminResource(t, http.MethodGet, c.key)
+			if status != http.StatusOK || len(v.Caches) != 1 || v.Caches[0].Known || c.redis && (len(v.Stores) != 1 || v.Stores[0].Known) {
+				t.Errorf("after DELETE %s: %d %+v, want %s unknown", c.given, status, v, c.key)
+			}
+
+			status, v = adminResource(t, http.MethodDelete, c.given)
+			if status != http.StatusNotFound || v.Key != c.canonical || v.Error == "" || !slices.Contains(v.Tried, c.key) {
+				t.Errorf("second DELETE %s: %d %+v, want 404 naming %s", c.given, status, v, c.canonical)
+			}
+		})
+	}
+}
+
+// A site's resources are found by the admin API under any of the site's
+// names, with or without the port, as an operator copies them from a URL
+// or from the README's examples; DELETE then forgets them.
+func TestAdminFindsResourcesUnderAnyOfTheSiteNames(t *testing.T) {
+	for _, given := range []string{
+		"www.example.com:9080/items/1", // the URL a client used
+		"www.example.com/items/1",
+		"example.com/items/1", // the README's spelling: the host without its port
+	} {
+		t.Run(given, func(t *testing.T) {
+			store := newStore(map[string]string{"/items/1": `{"v":1}`})
+			startSites(t, fmtSite("http://example.com:9080, http://www.example.com:9080 {\n\twrite_guard\n\treverse_proxy %s\n}\n", startBackend(t, store)))
+			activate(t, entrance{caddyBase, "www.example.com:9080"})
+			at(t, caddyBase, "www.example.com:9080", http.MethodGet, "/items/1", "")
+			waitLearned(t, "example.com:9080/items/1")
+
+			if status, view := adminResource(t, http.MethodGet, given); status != http.StatusOK || len(view.Caches) != 1 || !view.Caches[0].Known {
+				t.Errorf("GET %s: %d %+v, want the cached version", given, status, view)
+			}
+			if status, view := adminResource(t, http.MethodDelete, given); status != http.StatusNoContent {
+				t.Errorf("DELETE %s: %d %+v, want 204", given, status, view)
+			}
+		})
+	}
+}
 
 // scrape reads the Prometheus text exposition at Caddy's /metrics and
 // returns the write_guard samples by name and labels.
@@ -205,144 +591,472 @@ func TestPlaceholdersInAccessLog(t *testing.T) {
 	}
 }
 
-// TestAdminResource looks a resource up through Caddy's admin endpoint and
-// makes the guard forget it.
-func TestAdminResource(t *testing.T) {
-	var heads sync.Map
-	store := newStore(map[string]string{"/doc": "v1"})
-	counting := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodHead {
-			n, _ := heads.LoadOrStore(r.URL.Path, new(int))
-			*(n.(*int))++
-		}
-		store.ServeHTTP(w, r)
-	})
-	startCaddy(t, fmtSite(`
-	write_guard
-	reverse_proxy %s`, startBackend(t, counting)))
-	client := &http.Client{Timeout: 30 * time.Second}
-	tag := do(t, client, "GET", "/doc", "").header.Get("ETag")
-	put := do(t, client, "PUT", "/doc", "v2", "If-Match: "+tag)
-	newTag := put.header.Get("ETag")
-
-	type state struct {
-		Key    string `json:"key"`
-		Caches []struct {
-			Known      bool     `json:"known"`
-			Exists     bool     `json:"exists"`
-			ETag       string   `json:"etag"`
-			Superseded []string `json:"superseded"`
-		} `json:"caches"`
+// TestReloadDuringWrites reloads the configuration (with cache settings
+// that give the new configuration a cache of its own) while writers are
+// busy: the old and new configurations must share one lock manager and must
+// not trust each other's stale versions.
+func TestReloadDuringWrites(t *testing.T) {
+	resources := []string{"/reload/a", "/reload/b"}
+	store := hotStore(resources)
+	store.WriteDelay = 20 * time.Millisecond
+	addr := startBackend(t, store)
+	config := func(ttl string) string {
+		return strings.Replace(globalOptions, "grace_period 1ns", "grace_period 10s", 1) +
+			fmtSite(":9080 {\n\twrite_guard {\n\t\tcache_ttl %s\n\t}\n\treverse_proxy %s\n}\n", ttl, addr)
 	}
-	lookup := func() state {
-		resp, err := http.Get("http://localhost:2999/write_guard/resource?key=*/doc")
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	tester.InitServer(config("5m"), "caddyfile")
+
+	wl := &workload{
+		base: caddyBase, resources: resources,
+		clients: 6, perClient: 15, think: time.Millisecond,
+		deadline: time.Now().Add(60 * time.Second),
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		wl.run(t)
+	}()
+	for _, ttl := range []string{"6m", "7m", "8m"} {
+		time.Sleep(300 * time.Millisecond)
+		tester.InitServer(config(ttl), "caddyfile")
+	}
+	<-done
+
+	lost, acked := wl.lost(t, store)
+	t.Logf("%d acknowledged writes across 3 reloads, %d lost, %d refused, %d errors", acked, lost, wl.refused.Load(), wl.errors.Load())
+	if lost != 0 {
+		t.Errorf("%d acknowledged writes lost across reloads", lost)
+	}
+	if n := store.Overlaps(); n != 0 {
+		t.Errorf("%d writes to one resource overlapped at the backend during reloads", n)
+	}
+	if acked == 0 {
+		t.Error("no write was acknowledged")
+	}
+}
+
+// TestStopDuringWrites stops the server (by loading a config without it)
+// while writers are busy: in-flight writes finish within the grace period,
+// and none of the acknowledged ones is lost.
+func TestStopDuringWrites(t *testing.T) {
+	resources := []string{"/stop/a", "/stop/b"}
+	store := hotStore(resources)
+	store.WriteDelay = 20 * time.Millisecond
+	addr := startBackend(t, store)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	tester.InitServer(strings.Replace(globalOptions, "grace_period 1ns", "grace_period 10s", 1)+
+		fmtSite(":9080 {\n\twrite_guard\n\treverse_proxy %s\n}\n", addr), "caddyfile")
+
+	wl := &workload{
+		base: caddyBase, resources: resources,
+		clients: 6, perClient: 1000, think: time.Millisecond,
+		deadline: time.Now().Add(2 * time.Second),
+	}
+	var done sync.WaitGroup
+	done.Go(func() { wl.run(t) })
+	time.Sleep(500 * time.Millisecond)
+	tester.InitServer(strings.Replace(globalOptions, "grace_period 1ns", "grace_period 10s", 1)+":9081 {\n\trespond 404\n}\n", "caddyfile")
+	done.Wait()
+
+	lost, acked := wl.lost(t, store)
+	t.Logf("%d writes acknowledged before and during the stop, %d lost, %d refused, %d failed", acked, lost, wl.refused.Load(), wl.errors.Load())
+	if lost != 0 {
+		t.Errorf("%d acknowledged writes lost", lost)
+	}
+	if acked == 0 {
+		t.Error("no write was acknowledged before the stop")
+	}
+	if n := store.Overlaps(); n != 0 {
+		t.Errorf("%d writes overlapped at the backend", n)
+	}
+}
+
+// A reload that changes neither how resources are named nor which routes
+// reach the guard keeps what the cache learned; one that changes a module's
+// setting only (a response header's value) too.
+func TestReloadThatChangesNothingKeepsTheCache(t *testing.T) {
+	store := newStore(map[string]string{"/items/1": `{"v":1}`})
+	addr := startBackend(t, store)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	config := func(value string) string {
+		return globalOptions + fmtSite(":9080 {\n\theader X-Site %s\n\twrite_guard\n\treverse_proxy %s\n}\n", value, addr)
+	}
+	tester.InitServer(config("one"), "caddyfile")
+	client := &http.Client{}
+	do(t, client, http.MethodGet, "/items/1", "")
+	waitLearned(t, "*/items/1")
+	for _, value := range []string{"one", "two"} {
+		tester.InitServer(config(value), "caddyfile")
+		do(t, client, http.MethodGet, "/other", "") // the new configuration serves
+		resp, err := http.Get("http://localhost:2999/write_guard/resource?key=*/items/1")
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		var s state
-		if err := json.NewDecoder(resp.Body).Decode(&s); err != nil || resp.StatusCode != 200 {
-			t.Fatalf("lookup: %d %v", resp.StatusCode, err)
-		}
-		return s
-	}
-	var s state
-	for range 100 { // ristretto applies the store of a new key asynchronously
-		if s = lookup(); len(s.Caches) == 1 && s.Caches[0].Known {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if len(s.Caches) != 1 || !s.Caches[0].Known || !s.Caches[0].Exists || s.Caches[0].ETag != newTag {
-		t.Fatalf("lookup after the write: %+v, want the version %s", s, newTag)
-	}
-	if got := s.Caches[0].Superseded; len(got) != 1 || got[0] != tag {
-		t.Errorf("superseded %q, want the version the write replaced, %s", got, tag)
-	}
-	// A write naming the replaced version is refused without asking.
-	headsNow := func() int {
-		if n, ok := heads.Load("/doc"); ok {
-			return *(n.(*int))
-		}
-		return 0
-	}
-	before := headsNow()
-	if r := do(t, client, "PUT", "/doc", "lost", "If-Match: "+tag); r.status != http.StatusPreconditionFailed {
-		t.Fatalf("write naming the replaced version: %d", r.status)
-	}
-	if headsNow() != before {
-		t.Error("a write naming a replaced version was checked with the upstream")
-	}
-
-	req, _ := http.NewRequest(http.MethodDelete, "http://localhost:2999/write_guard/resource?key=*/doc", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		t.Fatalf("DELETE: %d", resp.StatusCode)
-	}
-	if s := lookup(); s.Caches[0].Known {
-		t.Errorf("still known after DELETE: %+v", s)
-	}
-	// Forgotten, the next write asks the upstream.
-	before = headsNow()
-	if r := do(t, client, "PUT", "/doc", "v3", "If-Match: "+newTag); r.status != 200 {
-		t.Fatalf("write after forgetting: %d", r.status)
-	}
-	if n, _ := heads.Load("/doc"); n == nil || *(n.(*int)) != before+1 {
-		t.Error("the write after DELETE did not ask the upstream")
-	}
-
-	if resp, err := http.Get("http://localhost:2999/write_guard/resource"); err == nil {
+		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Errorf("lookup without key: %d", resp.StatusCode)
+		if !strings.Contains(string(body), `"known":true`) {
+			t.Fatalf("after a reload with header value %q the cache forgot /items/1: %s", value, body)
 		}
 	}
 }
 
-// TestHandleErrorsExample runs examples/Caddyfile.handle-errors against a
-// backend: the refusals get the example's pages, and a busy refusal keeps
-// its Retry-After.
-func TestHandleErrorsExample(t *testing.T) {
-	raw, err := os.ReadFile("../examples/Caddyfile.handle-errors")
-	if err != nil {
-		t.Fatal(err)
-	}
-	store := newStore(map[string]string{"/doc": "v1"})
-	store.WriteDelay = 300 * time.Millisecond
-	// The site block's body, pointed at the test backend.
-	example := string(raw)
-	body := example[strings.Index(example, "app.example.com {")+len("app.example.com {") : strings.LastIndex(example, "}")]
-	body = strings.Replace(body, "127.0.0.1:8085", startBackend(t, store), 1)
-	body = strings.Replace(body, "refusals handle_errors", "refusals handle_errors\n\t\tlock_timeout 100ms", 1)
-	startCaddy(t, body)
-	client := &http.Client{Timeout: 30 * time.Second}
+// A reload that changes the key and a reload that changes it back must not
+// bring back the versions cached under the first key: writes made under the
+// second key never updated them.
+func TestKeyChangedAndBackRevivesNoVersion(t *testing.T) {
+	store := newStore(map[string]string{"/items/1": `{"v":1}`})
+	addr := startBackend(t, store)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	client := &http.Client{}
 
-	blind := do(t, client, "PUT", "/doc", "x")
-	if blind.status != 428 || !strings.Contains(blind.header.Get("Content-Type"), "text/html") || !strings.Contains(blind.body, "<h1>Precondition required</h1>") {
-		t.Errorf("blind write: %d %q %q", blind.status, blind.header.Get("Content-Type"), blind.body)
+	tester.InitServer(keyedConfig(addr, pathKey, "1ns"), "caddyfile")
+	v1 := do(t, client, http.MethodGet, "/items/1", "").header.Get("Etag")
+	waitLearned(t, "/items/1")
+
+	tester.InitServer(keyedConfig(addr, "", "1ns"), "caddyfile")
+	if r := do(t, client, http.MethodPut, "/items/1", `{"v":"b"}`, "If-Match: "+v1); r.status != http.StatusOK {
+		t.Fatalf("write under the second key: %d %s", r.status, r.body)
 	}
-	tag := do(t, client, "GET", "/doc", "").header.Get("ETag")
-	stale := do(t, client, "PUT", "/doc", "x", `If-Match: "old"`)
-	if stale.status != 412 || !strings.Contains(stale.body, "<h1>Precondition failed</h1>") {
-		t.Errorf("stale write: %d %q", stale.status, stale.body)
+
+	tester.InitServer(keyedConfig(addr, pathKey, "1ns"), "caddyfile")
+	if r := do(t, client, http.MethodPut, "/items/1", `{"v":"stale"}`, "If-Match: "+v1); r.status != http.StatusPreconditionFailed {
+		t.Fatalf("stale write after the key came back: %d %s, want 412", r.status, r.body)
 	}
-	// While one write holds the resource, another times out waiting: 409,
-	// answered by the catch-all route with the problem itself.
-	slow := make(chan response, 1)
-	go func() { slow <- do(t, client, "PUT", "/doc", "v2", "If-Match: "+tag) }()
-	time.Sleep(100 * time.Millisecond)
-	busy := do(t, client, "PUT", "/doc", "v3", "If-Match: "+tag)
-	if first := <-slow; first.status != 200 {
-		t.Fatalf("first write: %d %s", first.status, first.body)
+	if got := mustBody(t, store, "/items/1"); got != `{"v":"b"}` {
+		t.Fatalf("backend holds %s: the change made under the second key was lost", got)
 	}
-	if busy.status != http.StatusConflict || busy.header.Get("Retry-After") == "" {
-		t.Fatalf("busy write: %d Retry-After %q", busy.status, busy.header.Get("Retry-After"))
+}
+
+// A configuration that served no guarded write (only reads, and a POST
+// the guard forgets versions after) between two that key alike must not
+// let the third trust what the first cached: the POST forgot the
+// resource under the second's key only.
+func TestKeyChangedAndBackWithOnlyAPostBetween(t *testing.T) {
+	store := newStore(map[string]string{"/items/1": `{"v":1}`})
+	addr := startBackend(t, store)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	client := &http.Client{}
+
+	tester.InitServer(keyedConfig(addr, pathKey, "1ns"), "caddyfile")
+	if r := do(t, client, http.MethodPut, "/warm-up", "x", "If-None-Match: *"); r.status != http.StatusCreated {
+		t.Fatalf("warm-up write: %d %s", r.status, r.body)
 	}
-	if p := problemOf(t, busy); !strings.HasSuffix(p.Type, "#resource-busy") || p.Instance != "/doc" {
-		t.Errorf("busy problem: %+v", p)
+	v1 := do(t, client, http.MethodGet, "/items/1", "").header.Get("Etag")
+	waitLearned(t, "/items/1")
+
+	tester.InitServer(keyedConfig(addr, "", "1ns"), "caddyfile")
+	if r := do(t, client, http.MethodPost, "/items/1", `{"v":"post"}`); r.status != http.StatusOK {
+		t.Fatalf("POST under the second key: %d %s", r.status, r.body)
 	}
+
+	tester.InitServer(keyedConfig(addr, pathKey, "1ns"), "caddyfile")
+	if r := do(t, client, http.MethodPut, "/items/1", `{"v":"stale"}`, "If-Match: "+v1); r.status != http.StatusPreconditionFailed {
+		t.Errorf("stale write after the key came back: %d %s, want 412", r.status, r.body)
+	}
+	if got := mustBody(t, store, "/items/1"); got != `{"v":"post"}` {
+		t.Errorf("backend holds %s: the POST's change was lost", got)
+	}
+}
+
+// With store redis, versions live in Redis under the keys of the
+// configuration that wrote them: a reload that changes the key and one
+// that changes it back must not revive them either.
+func TestKeyChangedAndBackRevivesNoRedisVersion(t *testing.T) {
+	srv := redistest.Start(t)
+	store := newStore(map[string]string{"/items/1": `{"v":1}`})
+	addr := startBackend(t, store)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	client := &http.Client{}
+	redis := "\n" + redisOpts(srv, "")
+
+	tester.InitServer(keyedConfig(addr, redis, "1ns"), "caddyfile")
+	v1 := do(t, client, http.MethodGet, "/items/1", "").header.Get("Etag")
+	r := do(t, client, http.MethodPut, "/items/1", `{"v":2}`, "If-Match: "+v1)
+	if r.status != http.StatusOK {
+		t.Fatalf("write under the first key: %d %s", r.status, r.body)
+	}
+	v2 := r.header.Get("Etag")
+
+	tester.InitServer(keyedConfig(addr, pathKey+redis, "1ns"), "caddyfile")
+	if r := do(t, client, http.MethodPut, "/items/1", `{"v":"b"}`, "If-Match: "+v2); r.status != http.StatusOK {
+		t.Fatalf("write under the second key: %d %s", r.status, r.body)
+	}
+
+	tester.InitServer(keyedConfig(addr, redis, "1ns"), "caddyfile")
+	if r := do(t, client, http.MethodPut, "/items/1", `{"v":"stale"}`, "If-Match: "+v2); r.status != http.StatusPreconditionFailed {
+		t.Errorf("stale write after the key came back: %d %s, want 412", r.status, r.body)
+	}
+	if got := mustBody(t, store, "/items/1"); got != `{"v":"b"}` {
+		t.Errorf("backend holds %s: the change made under the second key was lost", got)
+	}
+}
+
+// scopedConfig guards only the paths under scope; the rest of the site goes
+// to the same backend unguarded.
+func scopedConfig(addr, scope string) string {
+	return globalOptions +
+		fmtSite(":9080 {\n\thandle %s {\n\t\twrite_guard\n\t\treverse_proxy %s\n\t}\n\thandle {\n\t\treverse_proxy %s\n\t}\n}\n", scope, addr, addr)
+}
+
+// A reload that stops guarding a path (the guard stays for other paths)
+// and one that guards it again: writes made meanwhile did not go through
+// the guard, and the version it cached before must not come back, as it
+// does not when the guard is removed altogether.
+func TestGuardScopeNarrowedAndBackRevivesNoVersion(t *testing.T) {
+	store := newStore(map[string]string{"/items/1": `{"v":1}`})
+	addr := startBackend(t, store)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	client := &http.Client{}
+
+	tester.InitServer(scopedConfig(addr, "/items/*"), "caddyfile")
+	v1 := do(t, client, http.MethodGet, "/items/1", "").header.Get("Etag")
+	waitLearned(t, "*/items/1")
+
+	tester.InitServer(scopedConfig(addr, "/other/*"), "caddyfile")
+	do(t, client, http.MethodGet, "/other/x", "")
+	if r := do(t, client, http.MethodPut, "/items/1", `{"v":"unguarded"}`); r.status != http.StatusOK {
+		t.Fatalf("write while /items is not guarded: %d %s", r.status, r.body)
+	}
+
+	tester.InitServer(scopedConfig(addr, "/items/*"), "caddyfile")
+	r := do(t, client, http.MethodPut, "/items/1", `{"v":"stale"}`, "If-Match: "+v1)
+	if got := mustBody(t, store, "/items/1"); r.status != http.StatusPreconditionFailed || got != `{"v":"unguarded"}` {
+		t.Fatalf("stale write once /items is guarded again: %d, backend holds %s; want 412 and the change made meanwhile kept", r.status, got)
+	}
+}
+
+// While the old configuration finishes its writes, the new one writes the
+// same resources under other keys: the two must still be serialized, and
+// neither may trust versions the other's writes made old.
+func TestKeyChangeReloadsDuringWrites(t *testing.T) {
+	resources := []string{"/rekey/a", "/rekey/b"}
+	store := hotStore(resources)
+	// Writes long enough that the old configuration still has some under
+	// way when the new one takes its first.
+	store.WriteDelay = 100 * time.Millisecond
+	addr := startBackend(t, store)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	tester.InitServer(keyedConfig(addr, pathKey, "10s"), "caddyfile")
+
+	wl := &workload{
+		base: caddyBase, resources: resources,
+		clients: 8, perClient: 12, think: time.Millisecond,
+		deadline: time.Now().Add(60 * time.Second),
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		wl.run(t)
+	}()
+	caseless := pathKey + "\n\t\tkey_case_insensitive"
+	for _, opts := range []string{"", pathKey, caseless, "", caseless, pathKey} {
+		time.Sleep(300 * time.Millisecond)
+		tester.InitServer(keyedConfig(addr, opts, "10s"), "caddyfile")
+	}
+	<-done
+
+	wl.requireNoneLost(t, store, "6 reloads that change the key")
+}
+
+// holdingStore holds the PUTs that carry X-Hold at the backend until
+// release is closed, telling arrived when the first comes in.
+type holdingStore struct {
+	store   http.Handler
+	once    sync.Once
+	arrived chan struct{}
+	release chan struct{}
+}
+
+func newHoldingStore(store http.Handler) *holdingStore {
+	return &holdingStore{store: store, arrived: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (h *holdingStore) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodPut && r.Header.Get("X-Hold") != "" {
+		h.once.Do(func() { close(h.arrived) })
+		<-h.release
+	}
+	h.store.ServeHTTP(w, r)
+}
+
+// put sends a PUT from a goroutine other than the test's: errors are
+// reported as status 0.
+func put(url, body string, headers ...string) response {
+	req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader(body))
+	for _, h := range headers {
+		name, value, _ := strings.Cut(h, ":")
+		req.Header.Set(name, strings.TrimSpace(value))
+	}
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		return response{body: err.Error()}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return response{status: resp.StatusCode, header: resp.Header, body: string(b)}
+}
+
+// A write that the old configuration is still receiving when a reload
+// changes the key must still be serialized with the new configuration's
+// writes of the same resource: the old configuration is stopped at once,
+// but its requests under way are not.
+func TestWriteStillUploadingAcrossKeyChangeIsSerialized(t *testing.T) {
+	store := newStore(map[string]string{"/doc": "v0"})
+	hold := newHoldingStore(store)
+	addr := startBackend(t, hold)
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+	tester.InitServer(keyedConfig(addr, pathKey, "10s"), "caddyfile")
+	client := &http.Client{}
+	if r := do(t, client, http.MethodPut, "/warm-up", "x", "If-None-Match: *"); r.status != http.StatusCreated {
+		t.Fatalf("warm-up write: %d %s", r.status, r.body)
+	}
+	v0 := do(t, client, http.MethodGet, "/doc", "").header.Get("Etag")
+
+	// A client of the old configuration sends half its body.
+	slow := dialCaddy(t)
+	const body = "from-slow-client"
+	slow.send(fmt.Sprintf("PUT /doc HTTP/1.1\r\nHost: localhost:9080\r\nIf-Match: %s\r\nContent-Length: %d\r\n\r\n%s", v0, len(body), body[:5]))
+
+	tester.InitServer(keyedConfig(addr, "", "10s"), "caddyfile")
+	time.Sleep(200 * time.Millisecond) // the old configuration's watcher sees it stopped
+
+	// A client of the new configuration writes from the same version; the
+	// backend holds its write while the slow client finishes its body.
+	fast := make(chan response, 1)
+	go func() { fast <- put(caddyBase+"/doc", "from-fast-client", "If-Match: "+v0, "X-Hold: 1") }()
+	select {
+	case <-hold.arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the new configuration's write never reached the backend")
+	}
+	slow.send(body[5:])
+	slowDone := make(chan rawResponse, 1)
+	go func() { slowDone <- slow.readResponse(false) }()
+	var slowAnswer rawResponse
+	select {
+	case slowAnswer = <-slowDone:
+	case <-time.After(2 * time.Second):
+		// Waiting for the write ahead of it, as it should.
+	}
+	close(hold.release)
+	fastAnswer := <-fast
+	if slowAnswer.status == 0 {
+		slowAnswer = <-slowDone
+	}
+	if slowAnswer.status/100 == 2 && fastAnswer.status/100 == 2 {
+		t.Errorf("both writes from %s acknowledged (old configuration %d, new %d): backend holds %q, the other change is lost",
+			v0, slowAnswer.status, fastAnswer.status, mustBody(t, store, "/doc"))
+	}
+}
+
+// TestReloadReleasesCacheMemory reloads the configuration ten times, each
+// time with a cache_size that gives the new configuration a cache of its
+// own (a number of entries, then a size, in turn), and reads and writes a
+// resource after each reload over a keep-alive connection that stays open.
+// What an old configuration leaves behind (its idle upstream connection
+// keeps its handler, and so its cache, reachable for minutes) must not
+// keep its retired cache's memory or goroutines alive.
+func TestReloadReleasesCacheMemory(t *testing.T) {
+	store := newStore(map[string]string{"/doc": "v1"})
+	addr := startBackend(t, store)
+	config := func(i int) string {
+		size := fmtSite("%d", 1_000_000-i)
+		if i%2 == 1 {
+			size = fmtSite("%dMiB", 64+i)
+		}
+		return globalOptions + fmtSite(":9080 {\n\twrite_guard {\n\t\tcache_size %s\n\t}\n\treverse_proxy %s\n}\n", size, addr)
+	}
+	tester := startCaddy(t, fmtSite("write_guard\n\treverse_proxy %s", addr))
+
+	// One client, and so one connection, per configuration, none closed
+	// before the test ends.
+	var transports []*http.Transport
+	t.Cleanup(func() {
+		for _, tr := range transports {
+			tr.CloseIdleConnections()
+		}
+	})
+	edit := func(i int) {
+		tr := &http.Transport{}
+		transports = append(transports, tr)
+		c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+		r := do(t, c, "GET", "/doc", "")
+		if r.status != http.StatusOK {
+			t.Fatalf("GET /doc: %d %s", r.status, r.body)
+		}
+		if r := do(t, c, "PUT", "/doc", fmtSite("v%d", i+2), "If-Match: "+r.header.Get("ETag")); r.status != http.StatusOK {
+			t.Fatalf("PUT /doc: %d %s", r.status, r.body)
+		}
+	}
+
+	const reloads = 10
+	tester.InitServer(config(0), "caddyfile")
+	edit(0)
+	// Caches that earlier tests' configurations retired may still be
+	// shutting down: their memory is not this test's. Ristretto runs two
+	// goroutines per cache, and one cache is in use.
+	for i := 0; i < 100 && cacheGoroutines() > 2; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+	heap0, caches0 := liveHeap(), cacheGoroutines()
+	goroutines0 := runtime.NumGoroutine()
+	for i := 1; i <= reloads; i++ {
+		tester.InitServer(config(i), "caddyfile")
+		edit(i)
+	}
+	// A retired cache lets requests that were still using it finish
+	// before it lets its memory go: wait for that, within a bound far
+	// beyond it. Each retired cache used to keep the 56 MiB that its
+	// default size of a million entries allocated up front; ten that kept
+	// even the 1.2 MiB a cache starts with would exceed the bound.
+	const bound = 6 << 20
+	var heap uint64
+	var caches int
+	for range 100 {
+		heap, caches = liveHeap(), cacheGoroutines()
+		if heap < heap0+bound && caches <= caches0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The other goroutines that remain are mostly Caddy's: each old
+	// configuration's reverse_proxy keeps its idle upstream connection
+	// (three goroutines, with the backend's end) until its keep-alive
+	// timeout, guard or no guard.
+	t.Logf("after %d reloads: live heap %.1f MiB (from %.1f), goroutines %d (from %d), of them in the version caches %d (from %d)",
+		reloads, float64(heap)/(1<<20), float64(heap0)/(1<<20), runtime.NumGoroutine(), goroutines0, caches, caches0)
+	if heap >= heap0+bound {
+		t.Errorf("live heap grew by %.1f MiB over %d reloads", (float64(heap)-float64(heap0))/(1<<20), reloads)
+	}
+	if caches > caches0 {
+		t.Errorf("%d goroutines of the version caches run, %d before the reloads", caches, caches0)
+	}
+	if got := mustBody(t, store, "/doc"); got != fmtSite("v%d", reloads+2) {
+		t.Errorf("backend holds %q after the last write", got)
+	}
+}
+
+// liveHeap is the heap that survives a collection.
+func liveHeap() uint64 {
+	// Two collections: what only a sync.Pool still held (ristretto's
+	// buffers refer to its cache) goes with the second.
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// cacheGoroutines counts the goroutines that run inside ristretto.
+func cacheGoroutines() int {
+	var buf bytes.Buffer
+	pprof.Lookup("goroutine").WriteTo(&buf, 2)
+	n := 0
+	for _, g := range bytes.Split(buf.Bytes(), []byte("\n\n")) {
+		if bytes.Contains(g, []byte("github.com/dgraph-io/ristretto")) {
+			n++
+		}
+	}
+	return n
 }

@@ -2,7 +2,10 @@ package integration
 
 import (
 	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -440,3 +443,216 @@ func TestBehaviourTable(t *testing.T) {
 // inFlight reports whether a write is being applied (the store counts
 // writes only when they finish).
 func inFlight(s *backend.Store) bool { return s.InFlight() > 0 }
+
+// TestBadInput sends malformed and oversized requests through Caddy: each
+// gets its status and problem type, and a refused one leaves the backend as
+// it was.
+func TestBadInput(t *testing.T) {
+	store := newStore(map[string]string{"/doc": "v1"})
+	startCaddy(t, fmtSite(`
+	write_guard {
+		max_body 1KiB
+	}
+	reverse_proxy %s`, startBackend(t, store)))
+	client := &http.Client{Timeout: 30 * time.Second}
+	tag := do(t, client, "GET", "/doc", "").header.Get("ETag")
+	manyTags := strings.TrimSuffix(strings.Repeat(`"t", `, 65), ", ")
+	longTag := `"` + strings.Repeat("x", 9000) + `"`
+
+	for _, c := range []struct {
+		name    string
+		method  string
+		headers []string
+		body    string
+		chunked bool
+		status  int
+		problem string // "" when the answer is not the guard's
+	}{
+		{"unquoted If-Match", "PUT", []string{"If-Match: abc"}, "x", false, 400, "invalid-precondition"},
+		{"star in a list", "PUT", []string{`If-Match: *, "a"`}, "x", false, 400, "invalid-precondition"},
+		{"65 tags", "PUT", []string{"If-Match: " + manyTags}, "x", false, 400, "invalid-precondition"},
+		{"9000-byte tag", "PUT", []string{"If-Match: " + longTag}, "x", false, 400, "invalid-precondition"},
+		{"empty If-Match", "PUT", []string{"If-Match:"}, "x", false, 400, "invalid-precondition"},
+		{"bad If-None-Match", "PUT", []string{"If-None-Match: W/"}, "x", false, 400, "invalid-precondition"},
+		{"not a date alone", "PUT", []string{"If-Unmodified-Since: yesterday"}, "x", false, 428, "precondition-required"},
+		{"date before the change", "PUT", []string{"If-Unmodified-Since: Mon, 01 Jan 2001 00:00:00 GMT"}, "x", false, 412, "precondition-failed"},
+		{"stale tag", "PUT", []string{`If-Match: "old"`}, "x", false, 412, "precondition-failed"},
+		{"body over max_body", "PUT", []string{"If-Match: " + tag}, strings.Repeat("x", 2000), false, 413, "body-too-large"},
+		{"chunked body over max_body", "PUT", []string{"If-Match: " + tag}, strings.Repeat("x", 2000), true, 413, "body-too-large"},
+		{"blind DELETE", "DELETE", nil, "", false, 428, "precondition-required"},
+		{"unknown method", "FROB", []string{"If-Match: " + tag}, "x", false, 405, ""},
+		{"POST as PUT, blind", "POST", []string{"X-HTTP-Method-Override: PUT"}, "x", false, 428, "precondition-required"},
+		{"POST as DELETE, stale", "POST", []string{"X-HTTP-Method: DELETE", `If-Match: "old"`}, "", false, 412, "precondition-failed"},
+		{"GET as DELETE", "GET", []string{"X-Method-Override: delete"}, "", false, 428, "precondition-required"},
+		{"two override methods", "POST", []string{"X-HTTP-Method-Override: PUT", "X-HTTP-Method: DELETE"}, "x", false, 400, "invalid-method-override"},
+		{"override list", "POST", []string{"X-HTTP-Method-Override: PUT, DELETE"}, "x", false, 400, "invalid-method-override"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := store.Writes()
+			var body io.Reader
+			if c.body != "" {
+				body = strings.NewReader(c.body)
+				if c.chunked {
+					body = io.MultiReader(body) // hides the length
+				}
+			}
+			req, _ := http.NewRequest(c.method, caddyBase+"/doc", body)
+			for _, h := range c.headers {
+				name, value, _ := strings.Cut(h, ":")
+				req.Header.Add(name, strings.TrimSpace(value))
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			r := response{status: resp.StatusCode, header: resp.Header, body: string(b)}
+			if r.status != c.status {
+				t.Fatalf("status %d, want %d (%s)", r.status, c.status, r.body)
+			}
+			if c.problem != "" {
+				if p := problemOf(t, r); !strings.HasSuffix(p.Type, "#"+c.problem) {
+					t.Errorf("problem type %s, want #%s", p.Type, c.problem)
+				}
+			}
+			if got := mustBody(t, store, "/doc"); got != "v1" || store.Writes() != before {
+				t.Errorf("the backend changed: %q, %d writes", got, store.Writes()-before)
+			}
+		})
+	}
+	assertNoLocks(t)
+}
+
+// upperCasingMethods reads the request method case-insensitively, as
+// Django, Werkzeug/Flask, Symfony/Laravel and the WordPress REST API do.
+func upperCasingMethods(store *backend.Store) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r2 := r.Clone(r.Context())
+		r2.Method = strings.ToUpper(r.Method)
+		store.ServeHTTP(w, r2)
+	})
+}
+
+// Caddy and Go's server accept "put" as a method token and reverse_proxy
+// passes it on unchanged.
+func TestLowerCaseMethodThroughCaddy(t *testing.T) {
+	store := newStore(map[string]string{"/doc": "v1"})
+	startCaddy(t, fmtSite(`
+	write_guard
+	reverse_proxy %s`, startBackend(t, upperCasingMethods(store))))
+	client := &http.Client{Timeout: 30 * time.Second}
+	r := do(t, client, "put", "/doc", "blind", "Content-Type: text/plain")
+	if r.status != http.StatusPreconditionRequired {
+		t.Errorf("blind put: %d, want 428", r.status)
+	}
+	if got := mustBody(t, store, "/doc"); got != "v1" {
+		t.Errorf("a blind put reached the backend unchecked: it holds %q", got)
+	}
+}
+
+// TestExpectContinueAnsweredOnce sends guarded writes with Expect:
+// 100-continue and waits for the 100 before sending the body, as curl
+// does for large uploads. The guard reads the body before it takes the
+// lock, which makes Caddy answer 100 Continue; the upstream, a net/http
+// server, answers 100 Continue too when it reads a body it was told to
+// expect. The client asked once and must see one 100, then the write's
+// answer.
+func TestExpectContinueAnsweredOnce(t *testing.T) {
+	store := newStore(map[string]string{"/doc": "v1"})
+	startCaddy(t, fmtSite(`
+	write_guard {
+		max_body_memory 1KiB
+	}
+	reverse_proxy %s`, startBackend(t, store)))
+	client := &http.Client{Timeout: 30 * time.Second}
+
+	for _, c := range []struct {
+		name string
+		body string
+		// chunked sends the body without Content-Length.
+		chunked bool
+	}{
+		{name: "in memory", body: "v2"},
+		{name: "spooled to a file", body: strings.Repeat("v3", 4<<10)},
+		{name: "chunked", body: "v4", chunked: true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			tag := do(t, client, "GET", "/doc", "").header.Get("ETag")
+			conn := dialCaddy(t)
+			framing := "Content-Length: " + strconv.Itoa(len(c.body))
+			body := c.body
+			if c.chunked {
+				framing = "Transfer-Encoding: chunked"
+				body = strconv.FormatInt(int64(len(c.body)), 16) + "\r\n" + c.body + "\r\n0\r\n\r\n"
+			}
+			conn.send("PUT /doc HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nIf-Match: " + tag +
+				"\r\nExpect: 100-continue\r\n" + framing + "\r\n\r\n")
+			if r := conn.readResponse(false); r.status != http.StatusContinue {
+				t.Fatalf("answer before the body: %v, want 100 Continue", r)
+			}
+			conn.send(body)
+			continues := 1
+			var final rawResponse
+			for range 10 {
+				if final = conn.readResponse(false); final.status != http.StatusContinue {
+					break
+				}
+				continues++
+			}
+			if final.status != http.StatusOK {
+				t.Fatalf("the write's answer: %v", final)
+			}
+			if continues != 1 {
+				t.Errorf("%d interim 100 Continue answers to one Expect: 100-continue, want 1", continues)
+			}
+			if got := mustBody(t, store, "/doc"); got != c.body {
+				t.Errorf("backend holds %d bytes, not the %d sent", len(got), len(c.body))
+			}
+		})
+	}
+}
+
+// TestHandleErrorsExample runs examples/Caddyfile.handle-errors against a
+// backend: the refusals get the example's pages, and a busy refusal keeps
+// its Retry-After.
+func TestHandleErrorsExample(t *testing.T) {
+	raw, err := os.ReadFile("../examples/Caddyfile.handle-errors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := newStore(map[string]string{"/doc": "v1"})
+	store.WriteDelay = 300 * time.Millisecond
+	// The site block's body, pointed at the test backend.
+	example := string(raw)
+	body := example[strings.Index(example, "app.example.com {")+len("app.example.com {") : strings.LastIndex(example, "}")]
+	body = strings.Replace(body, "127.0.0.1:8085", startBackend(t, store), 1)
+	body = strings.Replace(body, "refusals handle_errors", "refusals handle_errors\n\t\tlock_timeout 100ms", 1)
+	startCaddy(t, body)
+	client := &http.Client{Timeout: 30 * time.Second}
+
+	blind := do(t, client, "PUT", "/doc", "x")
+	if blind.status != 428 || !strings.Contains(blind.header.Get("Content-Type"), "text/html") || !strings.Contains(blind.body, "<h1>Precondition required</h1>") {
+		t.Errorf("blind write: %d %q %q", blind.status, blind.header.Get("Content-Type"), blind.body)
+	}
+	tag := do(t, client, "GET", "/doc", "").header.Get("ETag")
+	stale := do(t, client, "PUT", "/doc", "x", `If-Match: "old"`)
+	if stale.status != 412 || !strings.Contains(stale.body, "<h1>Precondition failed</h1>") {
+		t.Errorf("stale write: %d %q", stale.status, stale.body)
+	}
+	// While one write holds the resource, another times out waiting: 409,
+	// answered by the catch-all route with the problem itself.
+	slow := make(chan response, 1)
+	go func() { slow <- do(t, client, "PUT", "/doc", "v2", "If-Match: "+tag) }()
+	time.Sleep(100 * time.Millisecond)
+	busy := do(t, client, "PUT", "/doc", "v3", "If-Match: "+tag)
+	if first := <-slow; first.status != 200 {
+		t.Fatalf("first write: %d %s", first.status, first.body)
+	}
+	if busy.status != http.StatusConflict || busy.header.Get("Retry-After") == "" {
+		t.Fatalf("busy write: %d Retry-After %q", busy.status, busy.header.Get("Retry-After"))
+	}
+	if p := problemOf(t, busy); !strings.HasSuffix(p.Type, "#resource-busy") || p.Instance != "/doc" {
+		t.Errorf("busy problem: %+v", p)
+	}
+}
