@@ -49,6 +49,8 @@ func main() {
 	memLimit := flag.String("gc-memlimit", "256MiB", "run every process with GOGC=off and this GOMEMLIMIT (empty: Go's defaults)")
 	profile := flag.Duration("profile", 20*time.Second, "length of the profiled run after each workload (0: none)")
 	phases := flag.String("phases", "wrk,contention,lost", "what to run: wrk (the A/B/B/A runs), contention, lost (the lost-update workload)")
+	keep := flag.String("keep-profiles", "", "directory to keep each profiled run's CPU profile in, named after its setup (empty: none kept)")
+	only := flag.String("workloads", "", "run only the A/B/B/A workloads whose name contains this (empty: all)")
 	flag.Parse()
 	run := func(phase string) bool { return slices.Contains(strings.Split(*phases, ","), phase) }
 
@@ -152,6 +154,9 @@ func main() {
 			workloads = append(workloads, workload{name: "PUT as above, store redis against store memory", script: putScript, plain: setups[1], guarded: redisSetup})
 		}
 		for _, wl := range workloads {
+			if !strings.Contains(wl.name, *only) {
+				continue
+			}
 			luaFile := filepath.Join(dir, "load.lua")
 			os.WriteFile(luaFile, []byte(wl.script), 0o644)
 			plain, guarded := setups[0], wl.guarded
@@ -173,7 +178,7 @@ func main() {
 			if *profile > 0 {
 				share := make(chan float64, 1)
 				go func() {
-					v, err := guardShare(guarded.admin(), *caddyBin, dir, *profile)
+					v, err := guardShare(guarded.admin(), *caddyBin, dir, *profile, *keep)
 					if err != nil {
 						log.Printf("profile: %v", err)
 					}

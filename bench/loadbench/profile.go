@@ -15,7 +15,9 @@ import (
 // returns the share of its samples spent in the guard: a figure from within
 // one process, which the noise between runs on a shared machine does not
 // touch.
-func guardShare(adminAddr, caddyBin, dir string, d time.Duration) (float64, error) {
+//
+// keep, when not empty, is a directory where the profile is kept.
+func guardShare(adminAddr, caddyBin, dir string, d time.Duration, keep string) (float64, error) {
 	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", adminAddr, int(d.Seconds())))
 	if err != nil {
 		return 0, err
@@ -33,6 +35,15 @@ func guardShare(adminAddr, caddyBin, dir string, d time.Duration) (float64, erro
 	f.Close()
 	if err != nil {
 		return 0, err
+	}
+	if keep != "" {
+		name := strings.NewReplacer(":", "_", "/", "_").Replace(adminAddr)
+		if err := os.MkdirAll(keep, 0o755); err != nil {
+			return 0, err
+		}
+		if err := exec.Command("cp", file, keep+"/cpu-"+name+".prof").Run(); err != nil {
+			return 0, err
+		}
 	}
 	out, err := exec.Command("go", "tool", "pprof", "-traces", caddyBin, file).Output()
 	if err != nil {
