@@ -20,6 +20,12 @@ type writeTimeouts struct {
 	head  *write
 	tail  *write
 	timer *time.Timer
+	// armed: the timer is set. It is set when a write arrives while it is
+	// not, and again when it fires for as long as writes are listed; a
+	// write that leaves early leaves it set, and its firing then finds
+	// nothing to end. So the timer is reset once per timeout at most, not
+	// once per write.
+	armed bool
 }
 
 // epoch makes deadlines plain monotonic durations.
@@ -33,13 +39,14 @@ type timeoutLinks struct {
 }
 
 // start bounds wr by the timeout from now on: once it elapses, wr's
-// context ends with errWriteTimeout, unless stop was called first.
-func (q *writeTimeouts) start(wr *write) {
+// context ends with errWriteTimeout, unless stop was called first. Writes
+// that start at once may be listed a few microseconds out of the order of
+// their deadlines; one is then ended that much late.
+func (q *writeTimeouts) start(wr *write, now time.Time) {
 	t := &wr.timeout
+	t.deadline = now.Sub(epoch) + q.d
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	// Read under the lock, so that the list stays in order of deadline.
-	t.deadline = time.Since(epoch) + q.d
 	t.prev, t.next, t.listed = q.tail, nil, true
 	if q.tail != nil {
 		q.tail.timeout.next = wr
@@ -48,12 +55,12 @@ func (q *writeTimeouts) start(wr *write) {
 	}
 	q.tail = wr
 	switch {
+	case q.armed:
 	case q.timer == nil:
-		q.timer = time.AfterFunc(q.d, q.expire)
-	case q.head == wr:
-		// Nothing was listed: the timer, if it is still set, is set for a
-		// write that has left.
+		q.timer, q.armed = time.AfterFunc(q.d, q.expire), true
+	default:
 		q.timer.Reset(q.d)
+		q.armed = true
 	}
 }
 
@@ -95,7 +102,8 @@ func (q *writeTimeouts) expire() {
 		q.unlink(wr)
 		wr.cancel(errWriteTimeout)
 	}
-	if q.head != nil {
+	q.armed = q.head != nil
+	if q.armed {
 		q.timer.Reset(q.head.timeout.deadline - now)
 	}
 }

@@ -32,8 +32,8 @@ func TestWriteTimeoutsEndOnlyWritesStillRunning(t *testing.T) {
 	q := &writeTimeouts{d: 20 * time.Millisecond}
 	stopped, stoppedCtx := timedWrite()
 	running, runningCtx := timedWrite()
-	q.start(stopped)
-	q.start(running)
+	q.start(stopped, time.Now())
+	q.start(running, time.Now())
 	q.stop(stopped)
 	awaitTimeout(t, runningCtx)
 	if stoppedCtx.Err() != nil {
@@ -51,13 +51,13 @@ func TestWriteTimeoutsEndOnlyWritesStillRunning(t *testing.T) {
 func TestWriteTimeoutsRearmAfterTheListEmptied(t *testing.T) {
 	q := &writeTimeouts{d: 10 * time.Millisecond}
 	first, firstCtx := timedWrite()
-	q.start(first)
+	q.start(first, time.Now())
 	awaitTimeout(t, firstCtx)
 	quick, quickCtx := timedWrite()
-	q.start(quick)
+	q.start(quick, time.Now())
 	q.stop(quick)
 	later, laterCtx := timedWrite()
-	q.start(later)
+	q.start(later, time.Now())
 	awaitTimeout(t, laterCtx)
 	if quickCtx.Err() != nil {
 		t.Fatal("a write that stopped its timeout was ended")
@@ -72,7 +72,7 @@ func TestWriteTimeoutsManyWrites(t *testing.T) {
 	var stopped []context.Context
 	for i := range 50 {
 		wr, ctx := timedWrite()
-		q.start(wr)
+		q.start(wr, time.Now())
 		if i%3 == 1 {
 			q.stop(wr)
 			stopped = append(stopped, ctx)
@@ -95,9 +95,9 @@ func TestWriteTimeoutsManyWrites(t *testing.T) {
 func TestWriteTimeoutsAllocateNothing(t *testing.T) {
 	q := &writeTimeouts{d: time.Minute}
 	wr, _ := timedWrite()
-	q.start(wr) // the timer, once
+	q.start(wr, time.Now()) // the timer, once
 	q.stop(wr)
-	if n := testing.AllocsPerRun(100, func() { q.start(wr); q.stop(wr) }); n != 0 {
+	if n := testing.AllocsPerRun(100, func() { q.start(wr, time.Now()); q.stop(wr) }); n != 0 {
 		t.Fatalf("start and stop allocated %v times", n)
 	}
 }

@@ -36,6 +36,8 @@ type write struct {
 	r    *http.Request // as it arrived, with the client's context
 	lr   *http.Request // under the lock, with the write's context (ctx)
 	next caddyhttp.Handler
+	// repl is the request's replacer, which shows the write's placeholders.
+	repl *caddy.Replacer
 	// method is the method the request asks for: r.Method, or the one a
 	// method override field names.
 	method string
@@ -98,7 +100,8 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		return next.ServeHTTP(w, r)
 	}
 	wr := &write{h: h, w: w, r: r, next: next, method: method, key: key}
-	setPlaceholder(r, "http.write_guard.key", (*keyPlaceholder)(wr))
+	wr.repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	wr.set("http.write_guard.key", (*keyPlaceholder)(wr))
 	defer wr.close()
 	if ref := wr.admit(); ref != nil {
 		return h.refuse(w, r, ref)
@@ -110,7 +113,8 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		wr.end(false, 0, nil)
 		return h.refuse(w, r, ref)
 	}
-	decided(r, outcomeAllowed)
+	countOutcome(outcomeAllowed)
+	wr.set("http.write_guard.outcome", outcomeAllowed)
 	return wr.forward()
 }
 
@@ -171,10 +175,11 @@ func (wr *write) acquire() *refusal {
 			fenced.leave(h)
 		}
 	}
-	wr.waited = time.Since(start)
+	now := time.Now()
+	wr.waited = now.Sub(start)
 	observeLockWait(wr.waited)
-	setPlaceholder(wr.r, "http.write_guard.lock_wait", wr.waited)
-	setPlaceholder(wr.r, "http.write_guard.lock_wait_ms", wr.waited.Seconds()*1e3)
+	wr.set("http.write_guard.lock_wait", wr.waited)
+	wr.set("http.write_guard.lock_wait_ms", wr.waited.Seconds()*1e3)
 	if err != nil {
 		if ctx.Err() != nil {
 			// The client left while it waited; nobody is there to answer.
@@ -185,7 +190,7 @@ func (wr *write) acquire() *refusal {
 	wr.fence, wr.holds = fenced, true
 	if h.abandoned.any() {
 		wr.mark = markOf(wr.r.URL.EscapedPath())
-		wr.distrust = h.abandoned.distrusts(wr.mark, time.Now(), func() { h.cache.Forget(wr.key) }, h.forgetAll)
+		wr.distrust = h.abandoned.distrusts(wr.mark, now, func() { h.cache.Forget(wr.key) }, h.forgetAll)
 	}
 	if ref := h.store.lock(wr, start.Add(time.Duration(h.LockTimeout))); ref != nil {
 		wr.end(false, 0, nil)
@@ -194,7 +199,7 @@ func (wr *write) acquire() *refusal {
 	cctx, cancel := context.WithCancelCause(ctx)
 	wr.ctx, wr.cancel = writeCtx{Context: cctx, wr: wr}, cancel
 	wr.lr = wr.r.WithContext(&wr.ctx)
-	h.timeouts.start(wr)
+	h.timeouts.start(wr, now)
 	return nil
 }
 
@@ -220,7 +225,7 @@ func (wr *write) refuseSuperseded() *refusal {
 		return nil
 	}
 	wr.replaced = state.ETag
-	setPlaceholder(wr.r, "http.write_guard.etag", (*etagPlaceholder)(wr))
+	wr.set("http.write_guard.etag", (*etagPlaceholder)(wr))
 	return refuseStale(o, state, h.versions.untagged)
 }
 
@@ -262,7 +267,7 @@ func (wr *write) decide() *refusal {
 		o = wr.cond.Evaluate(state, h.matching)
 	}
 	wr.replaced = state.ETag
-	setPlaceholder(wr.r, "http.write_guard.etag", (*etagPlaceholder)(wr))
+	wr.set("http.write_guard.etag", (*etagPlaceholder)(wr))
 	if fromCache {
 		wr.older = cached.Superseded
 	} else {
@@ -481,6 +486,13 @@ type (
 
 func (p *keyPlaceholder) String() string  { return p.key }
 func (p *etagPlaceholder) String() string { return p.replaced }
+
+// set sets one of the write's placeholders.
+func (wr *write) set(name string, value any) {
+	if wr.repl != nil {
+		wr.repl.Set(name, value)
+	}
+}
 
 // decided counts a guarded request's outcome and shows it to access logs.
 func decided(r *http.Request, o outcome) {

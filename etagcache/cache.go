@@ -39,20 +39,31 @@ func Supersede(oldTag string, older []string, newTag string) []string {
 		// are never modified).
 		return older
 	}
-	out := make([]string, 0, MaxSuperseded)
-	add := func(t string) {
-		if t != "" && t != newTag && len(out) < MaxSuperseded && !slices.Contains(out, t) {
-			out = append(out, t)
-		}
+	var out [MaxSuperseded]string
+	n := 0
+	if oldTag != "" && oldTag != newTag {
+		out[0], n = oldTag, 1
 	}
-	add(oldTag)
+next:
 	for _, t := range older {
-		add(t)
+		if n == MaxSuperseded {
+			break
+		}
+		if t == "" || t == newTag {
+			continue
+		}
+		for _, kept := range out[:n] {
+			if kept == t {
+				continue next
+			}
+		}
+		out[n] = t
+		n++
 	}
-	if len(out) == 0 {
+	if n == 0 {
 		return nil
 	}
-	return out
+	return slices.Clone(out[:n])
 }
 
 const (
