@@ -101,8 +101,11 @@ func TestLargeBodySpillsToTemporaryFile(t *testing.T) {
 
 	// Over max_body, after spilling: 413, and nothing left behind.
 	h2 := newTestHandler(t, &Handler{MaxBodyMemory: 1000, MaxBody: 50_000})
-	req := newRequest(t, "PUT", "/doc2", io.MultiReader(bytes.NewReader(body)), "If-None-Match: *") // length unknown
-	rec := serveRequest(t, h2, upstream, req)
+	req := newRequest("PUT", "/doc2", io.MultiReader(bytes.NewReader(body)), "If-None-Match: *") // length unknown
+	rec := httptest.NewRecorder()
+	if err := serveTo(rec, req, h2, upstream); err != nil {
+		t.Errorf("%s %s: %v", req.Method, req.URL, err)
+	}
 	if rec.Code != http.StatusRequestEntityTooLarge {
 		t.Errorf("body over max_body: %d", rec.Code)
 	}

@@ -27,12 +27,35 @@ import (
 	"github.com/writeguard/caddy-writeguard/internal/redistest"
 )
 
+// Helpers shared by the root package's tests and benchmarks. Fakes that
+// stand for one kind of backend or client in a single test (a framework
+// that upper-cases methods, a writer that records late calls) live beside
+// that test instead.
+//
+// Every test that sends the handler a request goes through serveTo, which
+// prepares it as Caddy's server does:
+//
+//   - serve: the usual case. It builds the request, records the response,
+//     and answers an error the handler returns as Caddy's server would.
+//   - serveCatching: serve for a handler that may panic; it returns what
+//     the panic carried.
+//   - newRequest, then serveTo: for what serve cannot do, that is a body
+//     of unknown length or a context of the test's own (change the request
+//     newRequest built), a response writer of the test's own, the handler's
+//     error as returned, or handlers in front of the guard.
+//   - runGuard: a real loopback HTTP server in front of the guard, where
+//     flushing, hijacking and the connection must behave as in Caddy.
+//
+// newTestHandler is the one constructor: every handler a test serves is
+// provisioned by it, unless provisioning is what the test is about
+// (TestValidate, TestStoppedConfigurationLeaves).
+
 func newCaddyContext() (caddy.Context, context.CancelFunc) {
 	return caddy.NewContext(caddy.Context{Context: context.Background()})
 }
 
 // newTestHandler provisions a handler as Caddy would.
-func newTestHandler(t *testing.T, h *Handler) *Handler {
+func newTestHandler(t testing.TB, h *Handler) *Handler {
 	t.Helper()
 	ctx, cancel := newCaddyContext()
 	t.Cleanup(cancel)
@@ -68,24 +91,20 @@ func newTestHandler(t *testing.T, h *Handler) *Handler {
 	return h
 }
 
+// serve sends h a request for target (a path and query on example.com)
+// with body (none when empty) and headers ("Name: value"; "Host: name"
+// sets the request's host), next standing for the rest of the route, and
+// returns the response. An error h returns is answered as Caddy's server
+// would: a caddyhttp.HandlerError sets the status, any other error fails
+// the test.
 func serve(t *testing.T, h *Handler, next caddyhttp.Handler, method, target, body string, headers ...string) *httptest.ResponseRecorder {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req := httptest.NewRequest(method, "http://example.com"+target, rd)
-	for _, hdr := range headers {
-		name, value, _ := strings.Cut(hdr, ":")
-		if name == "Host" {
-			req.Host = strings.TrimSpace(value)
-			continue
-		}
-		req.Header.Add(name, strings.TrimSpace(value))
-	}
 	w := httptest.NewRecorder()
-	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, nil)
-	if err := h.ServeHTTP(w, req, next); err != nil {
+	if err := serveTo(w, newRequest(method, target, rd, headers...), h, next); err != nil {
 		if he, ok := err.(caddyhttp.HandlerError); ok {
 			w.Code = he.StatusCode
 		} else {
@@ -103,26 +122,29 @@ func serveCatching(t *testing.T, h *Handler, next caddyhttp.Handler, method, tar
 	return serve(t, h, next, method, target, body, headers...), nil
 }
 
-// newRequest is like serve's request, with a body of unknown length.
-func newRequest(t *testing.T, method, target string, body io.Reader, headers ...string) *http.Request {
-	t.Helper()
+// newRequest is the request serve sends: method and target (a path and
+// query) on example.com, with body, whose length is known for a
+// strings.Reader or bytes.Reader and unknown (-1) for other readers, and
+// headers as serve takes them.
+func newRequest(method, target string, body io.Reader, headers ...string) *http.Request {
 	req := httptest.NewRequest(method, "http://example.com"+target, body)
-	req.ContentLength = -1
 	for _, hdr := range headers {
 		name, value, _ := strings.Cut(hdr, ":")
+		if name == "Host" {
+			req.Host = strings.TrimSpace(value)
+			continue
+		}
 		req.Header.Add(name, strings.TrimSpace(value))
 	}
 	return req
 }
 
-func serveRequest(t *testing.T, h *Handler, next caddyhttp.Handler, req *http.Request) *httptest.ResponseRecorder {
-	t.Helper()
-	w := httptest.NewRecorder()
+// serveTo prepares req as Caddy's server does and passes it to h, with w
+// as the response writer and next as the rest of the route; it returns
+// h's error as is. h is the guard, or a handler in front of it.
+func serveTo(w http.ResponseWriter, req *http.Request, h caddyhttp.MiddlewareHandler, next caddyhttp.Handler) error {
 	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, nil)
-	if err := h.ServeHTTP(w, req, next); err != nil {
-		t.Errorf("%s %s: %v", req.Method, req.URL, err)
-	}
-	return w
+	return h.ServeHTTP(w, req, next)
 }
 
 // runGuard serves h in front of next on a real loopback server, so that
@@ -130,8 +152,7 @@ func serveRequest(t *testing.T, h *Handler, next caddyhttp.Handler, req *http.Re
 func runGuard(t *testing.T, h *Handler, next caddyhttp.Handler, errorLog *log.Logger, served chan<- struct{}) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r = caddyhttp.PrepareRequest(r, caddy.NewReplacer(), w, nil)
-		if err := h.ServeHTTP(w, r, next); err != nil {
+		if err := serveTo(w, r, h, next); err != nil {
 			t.Errorf("%s %s: %v", r.Method, r.URL, err)
 		}
 		if served != nil {
@@ -200,6 +221,8 @@ func writeVersions(t *testing.T, h *Handler, next caddyhttp.Handler, store *back
 	}
 }
 
+// redisHandler is newTestHandler with store redis at srv, logging every
+// level to the observer it returns.
 func redisHandler(t *testing.T, srv *redistest.Server, h *Handler) (*Handler, *observer.ObservedLogs) {
 	t.Helper()
 	if h.Store == nil {
@@ -319,6 +342,8 @@ func benchRequests(method string, n int) []*http.Request {
 	return reqs
 }
 
+// newBenchHandler is newTestHandler for benchmarks: a cache large enough
+// for every resource they use, and no logging.
 func newBenchHandler(b *testing.B, h *Handler) *Handler {
 	b.Helper()
 	h.CacheSize = 100_000
@@ -326,12 +351,7 @@ func newBenchHandler(b *testing.B, h *Handler) *Handler {
 	// benchmarks' handlers are not a reload's overlap.
 	h.reg = new(configRegistry)
 	h.abandoned = new(abandonedWrites)
-	ctx, cancel := newCaddyContext()
-	b.Cleanup(cancel)
-	if err := h.Provision(ctx); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { h.Cleanup() })
+	h = newTestHandler(b, h)
 	// Logging is not what is measured (and would interleave with results).
 	h.logger = zap.NewNop()
 	return h

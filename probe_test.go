@@ -9,7 +9,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/writeguard/caddy-writeguard/examples/backend"
@@ -115,12 +114,14 @@ func TestProbeHasItsOwnVariables(t *testing.T) {
 		return nil
 	})
 	h := newTestHandler(t, &Handler{})
-	req := httptest.NewRequest("PUT", "http://example.com/doc", strings.NewReader("v2"))
-	req.Header.Set("If-Match", store.ETagOf([]byte("v1")))
+	req := newRequest("PUT", "/doc", strings.NewReader("v2"), "If-Match: "+store.ETagOf([]byte("v1")))
 	rec := httptest.NewRecorder()
-	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, nil)
-	caddyhttp.SetVar(req.Context(), "upstream", "primary")
-	if err := h.ServeHTTP(rec, req, next); err != nil || rec.Code != 200 {
+	// An earlier handler of the route (Caddy's vars) sets a variable.
+	earlier := caddyhttp.VarsMiddleware{"upstream": "primary"}
+	err := serveTo(rec, req, earlier, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return h.ServeHTTP(w, r, next)
+	}))
+	if err != nil || rec.Code != 200 {
 		t.Fatalf("PUT: %d %v", rec.Code, err)
 	}
 	probe, write := seen[http.MethodHead], seen[http.MethodPut]

@@ -138,9 +138,7 @@ func TestHashedGetStreamsLargeBodies(t *testing.T) {
 	})
 	h := newTestHandler(t, &Handler{ETags: "hash"})
 	rec = httptest.NewRecorder()
-	req := httptest.NewRequest("GET", "http://example.com/big", nil)
-	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, nil)
-	if err := h.ServeHTTP(rec, req, next); err != nil {
+	if err := serveTo(rec, newRequest("GET", "/big", nil), h, next); err != nil {
 		t.Fatal(err)
 	}
 	if !sentBeforeEnd {
@@ -228,9 +226,7 @@ func TestHashedGetUpstreamError(t *testing.T) {
 		return caddyhttp.Error(http.StatusBadGateway, fmt.Errorf("upstream went away"))
 	})
 	rec := httptest.NewRecorder()
-	req := httptest.NewRequest("GET", "http://example.com/doc", nil)
-	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, nil)
-	err := h.ServeHTTP(rec, req, failing)
+	err := serveTo(rec, newRequest("GET", "/doc", nil), h, failing)
 	if err == nil {
 		t.Fatal("the upstream's error was swallowed")
 	}
@@ -256,9 +252,7 @@ func TestHashedGetErrorLeavesNoUpstreamFraming(t *testing.T) {
 		return caddyhttp.Error(http.StatusBadGateway, io.ErrUnexpectedEOF)
 	})
 	rec := httptest.NewRecorder()
-	req := httptest.NewRequest("GET", "http://example.com/doc", nil)
-	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, nil)
-	if err := h.ServeHTTP(rec, req, failing); err == nil {
+	if err := serveTo(rec, newRequest("GET", "/doc", nil), h, failing); err == nil {
 		t.Fatal("the upstream's error was swallowed")
 	}
 	// Caddy's answer to an error when no handle_errors route takes it.
@@ -324,15 +318,13 @@ var abortingUpstream = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http
 func TestHashedReadAbortLeavesNoLateWrites(t *testing.T) {
 	h := newTestHandler(t, &Handler{ETags: "hash"})
 	lw := &lateWriter{ResponseRecorder: httptest.NewRecorder()}
-	req := httptest.NewRequest("GET", "http://example.com/doc", nil)
-	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), lw, nil)
 	func() {
 		defer func() {
 			if rec := recover(); rec != nil && rec != http.ErrAbortHandler {
 				t.Errorf("unexpected panic: %v", rec)
 			}
 		}()
-		h.ServeHTTP(lw, req, abortingUpstream)
+		serveTo(lw, newRequest("GET", "/doc", nil), h, abortingUpstream)
 	}()
 	lw.mu.Lock()
 	lw.returned = true
@@ -587,10 +579,7 @@ func TestHashedTrailerTagDistinguishesContentCoding(t *testing.T) {
 		return nil
 	})
 	rec := httptest.NewRecorder()
-	req := httptest.NewRequest("GET", "http://example.com/big.txt", nil)
-	req.Header.Set("Accept-Encoding", "gzip")
-	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, nil)
-	err := enc.ServeHTTP(rec, req, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+	err := serveTo(rec, newRequest("GET", "/big.txt", nil, "Accept-Encoding: gzip"), enc, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		return h.ServeHTTP(w, r, upstream)
 	}))
 	if err != nil {

@@ -172,19 +172,15 @@ func TestWrappersKeepFastPaths(t *testing.T) {
 		return nil
 	})
 	for _, tc := range []struct {
-		method string
-		header string
+		method  string
+		headers []string
 	}{
-		{http.MethodGet, ""},
-		{http.MethodPut, `If-Match: "1"`},
+		{http.MethodGet, nil},
+		{http.MethodPut, []string{`If-Match: "1"`}},
 	} {
 		rec := &fastRecorder{ResponseRecorder: httptest.NewRecorder()}
-		req := httptest.NewRequest(tc.method, "http://example.com/doc", strings.NewReader("x"))
-		if name, value, ok := strings.Cut(tc.header, ":"); ok {
-			req.Header.Set(name, strings.TrimSpace(value))
-		}
-		req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), rec, nil)
-		if err := h.ServeHTTP(rec, req, next); err != nil {
+		req := newRequest(tc.method, "/doc", strings.NewReader("x"), tc.headers...)
+		if err := serveTo(rec, req, h, next); err != nil {
 			t.Fatalf("%s: %v", tc.method, err)
 		}
 		if rec.Code != http.StatusOK || rec.Body.String() != "body" {

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -46,13 +45,11 @@ func TestMillionResourcesWrittenOnce(t *testing.T) {
 			var path strings.Builder
 			for i := g; i < n; i += workers {
 				path.Reset()
-				path.WriteString("http://example.com/r/")
+				path.WriteString("/r/")
 				path.WriteString(strconv.Itoa(i))
-				req := httptest.NewRequest("PUT", path.String(), strings.NewReader("x"))
-				req.Header.Set("If-None-Match", "*")
+				req := newRequest("PUT", path.String(), strings.NewReader("x"), "If-None-Match: *")
 				w := httptest.NewRecorder()
-				req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, nil)
-				if err := h.ServeHTTP(w, req, upstream); err != nil || w.Code != http.StatusCreated {
+				if err := serveTo(w, req, h, upstream); err != nil || w.Code != http.StatusCreated {
 					t.Errorf("PUT %s: %d %v", path.String(), w.Code, err)
 					return
 				}

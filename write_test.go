@@ -25,11 +25,11 @@ func TestBodyIsReadBeforeTheLock(t *testing.T) {
 	h := newTestHandler(t, &Handler{Blind: "allow"})
 
 	pr, pw := io.Pipe()
-	slow := httptest.NewRequest("PUT", "http://example.com/doc", pr)
+	slow := newRequest("PUT", "/doc", pr)
 	slowDone := make(chan int)
 	go func() {
 		w := httptest.NewRecorder()
-		h.ServeHTTP(w, slow, storeHandler(store))
+		serveTo(w, slow, h, storeHandler(store))
 		slowDone <- w.Code
 	}()
 	pw.Write([]byte("partial"))
@@ -72,9 +72,9 @@ func TestClientLeavingWhileQueuedFreesItsPlace(t *testing.T) {
 	<-entered
 
 	ctx, cancel := context.WithCancel(context.Background())
-	req := httptest.NewRequest("PUT", "http://example.com/doc", strings.NewReader("second")).WithContext(ctx)
+	req := newRequest("PUT", "/doc", strings.NewReader("second")).WithContext(ctx)
 	errc := make(chan error)
-	go func() { errc <- h.ServeHTTP(httptest.NewRecorder(), req, storeHandler(store)) }()
+	go func() { errc <- serveTo(httptest.NewRecorder(), req, h, storeHandler(store)) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for h.locks.Waiting() == 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
@@ -518,10 +518,7 @@ func TestPanicInNextReleasesLockAndForgets(t *testing.T) {
 		store.ServeHTTP(w, r)
 		return nil
 	})
-	func() {
-		defer func() { recover() }()
-		serve(t, h, boom, "PUT", "/doc", "v2", "If-Match: "+tag)
-	}()
+	serveCatching(t, h, boom, "PUT", "/doc", "v2", "If-Match: "+tag)
 	if n := h.locks.Len(); n != 0 {
 		t.Fatalf("%d lock entries left after a panic", n)
 	}
