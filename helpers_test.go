@@ -50,6 +50,7 @@ import (
 // provisioned by it, unless provisioning is what the test is about
 // (TestValidate, TestStoppedConfigurationLeaves).
 
+// newCaddyContext is the context Caddy provisions a module with.
 func newCaddyContext() (caddy.Context, context.CancelFunc) {
 	return caddy.NewContext(caddy.Context{Context: context.Background()})
 }
@@ -165,6 +166,7 @@ func runGuard(t *testing.T, h *Handler, next caddyhttp.Handler, errorLog *log.Lo
 	return srv
 }
 
+// storeHandler is the next handler for a backend.Store: the upstream.
 func storeHandler(s *backend.Store) caddyhttp.Handler {
 	return caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
 		s.ServeHTTP(w, r)
@@ -172,6 +174,8 @@ func storeHandler(s *backend.Store) caddyhttp.Handler {
 	})
 }
 
+// newHashStore is a backend.Store tagging its documents in the given style,
+// holding docs (path → body).
 func newHashStore(etags backend.ETagStyle, docs map[string]string) *backend.Store {
 	s := backend.New()
 	s.ETags = etags
@@ -242,8 +246,10 @@ func hashTag(body string) string {
 	return `"` + base64.RawURLEncoding.EncodeToString(sum[:18]) + `"`
 }
 
+// httpDateOf formats t as an HTTP date.
 func httpDateOf(t time.Time) string { return t.UTC().Format(http.TimeFormat) }
 
+// mustGet returns what s holds at path, failing the test if nothing.
 func mustGet(t *testing.T, s *backend.Store, path string) string {
 	t.Helper()
 	b, ok := s.Get(path)
@@ -253,6 +259,7 @@ func mustGet(t *testing.T, s *backend.Store, path string) string {
 	return string(b)
 }
 
+// problemType is the type of a problem body, without problemBase.
 func problemType(t *testing.T, body []byte) string {
 	t.Helper()
 	var p struct{ Type string }
@@ -262,6 +269,7 @@ func problemType(t *testing.T, body []byte) string {
 	return strings.TrimPrefix(p.Type, problemBase)
 }
 
+// heapInUse is the heap in use after garbage collection.
 func heapInUse() int64 {
 	runtime.GC()
 	runtime.GC()
@@ -270,10 +278,12 @@ func heapInUse() int64 {
 	return int64(ms.HeapInuse)
 }
 
+// writerFunc is an io.Writer made of a function.
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
+// siteRoute is a route to h, matching hosts when any are given.
 func siteRoute(h *Handler, hosts ...string) caddyhttp.Route {
 	route := caddyhttp.Route{Handlers: []caddyhttp.MiddlewareHandler{h}}
 	if len(hosts) > 0 {
@@ -291,6 +301,7 @@ type adminView struct {
 	Stores []adminEntry `json:"stores"`
 }
 
+// adminEntry is what one cache or store knows of the resource.
 type adminEntry struct {
 	Key   string `json:"key"`
 	Known bool   `json:"known"`
@@ -327,12 +338,16 @@ var upstreamStub = caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Req
 	return nil
 })
 
+// discardWriter is a response writer that keeps nothing but its header,
+// so that benchmarks measure no recording.
 type discardWriter struct{ h http.Header }
 
 func (d *discardWriter) Header() http.Header         { return d.h }
 func (d *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (d *discardWriter) WriteHeader(int)             {}
 
+// benchRequests are n requests for n resources, each naming the version
+// upstreamStub gives in If-Match.
 func benchRequests(method string, n int) []*http.Request {
 	reqs := make([]*http.Request, n)
 	for i := range reqs {
