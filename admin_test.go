@@ -2,55 +2,15 @@ package writeguard
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
-
 	"github.com/writeguard/caddy-writeguard/examples/backend"
 	"github.com/writeguard/caddy-writeguard/internal/redistest"
 )
-
-// adminView is the JSON of the resource endpoint.
-type adminView struct {
-	Key    string       `json:"key"`
-	Tried  []string     `json:"tried"`
-	Error  string       `json:"error"`
-	Caches []adminEntry `json:"caches"`
-	Stores []adminEntry `json:"stores"`
-}
-
-type adminEntry struct {
-	Key   string `json:"key"`
-	Known bool   `json:"known"`
-	ETag  string `json:"etag"`
-}
-
-// adminResource calls the resource endpoint with key, as given in its
-// query parameter.
-func adminResource(t *testing.T, method, key string) (int, adminView) {
-	t.Helper()
-	rec := httptest.NewRecorder()
-	req := httptest.NewRequest(method, "http://localhost:2019/write_guard/resource?key="+url.QueryEscape(key), nil)
-	if err := (adminAPI{}).handleResource(rec, req); err != nil {
-		if ae, ok := err.(caddy.APIError); ok {
-			t.Fatalf("%s %s: %d %v", method, key, ae.HTTPStatus, ae.Err)
-		}
-		t.Fatalf("%s %s: %v", method, key, err)
-	}
-	var v adminView
-	if rec.Body.Len() > 0 {
-		if err := json.Unmarshal(rec.Body.Bytes(), &v); err != nil {
-			t.Fatalf("%s %s: %d %q: %v", method, key, rec.Code, rec.Body, err)
-		}
-	}
-	return rec.Code, v
-}
 
 func TestLookupKeys(t *testing.T) {
 	for _, c := range []struct {
@@ -225,5 +185,27 @@ func TestAdminForgetsEveryResource(t *testing.T) {
 		if _, ok := h.cache.Peek(key); ok {
 			t.Errorf("the cache still knows %s", key)
 		}
+	}
+}
+
+// Looking a resource up through the admin API is an operator's question,
+// not a version lookup of a write or read: caddy_write_guard_cache_hits_total
+// and _misses_total, which size the cache, must not move with it.
+func TestAdminLookupDoesNotCountAsCacheTraffic(t *testing.T) {
+	store := newHashStore(backend.StrongETags, map[string]string{"/doc": "v1"})
+	h := newTestHandler(t, &Handler{})
+	serve(t, h, storeHandler(store), "GET", "/doc", "")
+	h.cache.Wait()
+	before := h.cache.Stats()
+	for _, key := range []string{"example.com/doc", "example.com/unknown"} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodGet, "http://localhost:2019/write_guard/resource?key="+key, nil)
+		if err := (adminAPI{}).handleResource(rec, req); err != nil {
+			t.Fatalf("admin lookup of %s: %v", key, err)
+		}
+	}
+	after := h.cache.Stats()
+	if after.Hits != before.Hits || after.Misses != before.Misses {
+		t.Errorf("two admin lookups moved the cache counters: hits %d→%d, misses %d→%d", before.Hits, after.Hits, before.Misses, after.Misses)
 	}
 }

@@ -1,10 +1,15 @@
 package writeguard
 
 import (
+	"bytes"
 	"io"
+	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // Once the guard holds a write's whole body, the request it forwards
@@ -48,5 +53,63 @@ func TestBufferedBodyDropsExpectation(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A body above max_body_memory goes to a temporary file, reaches the
+// upstream whole (twice, as on a retry), and the file is removed.
+func TestLargeBodySpillsToTemporaryFile(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	body := bytes.Repeat([]byte("0123456789"), 10_000) // 100 kB
+	var received [][]byte
+	var filesDuring int
+	upstream := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method != http.MethodPut {
+			w.WriteHeader(http.StatusNotFound)
+			return nil
+		}
+		entries, _ := os.ReadDir(tmp)
+		filesDuring = len(entries)
+		b, _ := io.ReadAll(r.Body)
+		received = append(received, b)
+		again, err := r.GetBody()
+		if err != nil {
+			return err
+		}
+		b, _ = io.ReadAll(again)
+		received = append(received, b)
+		w.WriteHeader(http.StatusCreated)
+		return nil
+	})
+	h := newTestHandler(t, &Handler{MaxBodyMemory: 1000})
+	w := serve(t, h, upstream, "PUT", "/doc", string(body), "If-None-Match: *")
+	if w.Code != http.StatusCreated {
+		t.Fatalf("PUT: %d %s", w.Code, w.Body)
+	}
+	if filesDuring != 1 {
+		t.Errorf("%d temporary files while the write was forwarded, want 1", filesDuring)
+	}
+	for i, b := range received {
+		if !bytes.Equal(b, body) {
+			t.Errorf("read %d: %d bytes, want the %d sent", i, len(b), len(body))
+		}
+	}
+	if entries, _ := os.ReadDir(tmp); len(entries) != 0 {
+		t.Errorf("temporary files left behind: %v", entries)
+	}
+
+	// Over max_body, after spilling: 413, and nothing left behind.
+	h2 := newTestHandler(t, &Handler{MaxBodyMemory: 1000, MaxBody: 50_000})
+	req := newRequest("PUT", "/doc2", io.MultiReader(bytes.NewReader(body)), "If-None-Match: *") // length unknown
+	rec := httptest.NewRecorder()
+	if err := serveTo(rec, req, h2, upstream); err != nil {
+		t.Errorf("%s %s: %v", req.Method, req.URL, err)
+	}
+	if rec.Code != http.StatusRequestEntityTooLarge {
+		t.Errorf("body over max_body: %d", rec.Code)
+	}
+	if entries, _ := os.ReadDir(tmp); len(entries) != 0 {
+		t.Errorf("temporary files left behind after 413: %v", entries)
 	}
 }

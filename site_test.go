@@ -8,14 +8,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-func siteRoute(h *Handler, hosts ...string) caddyhttp.Route {
-	route := caddyhttp.Route{Handlers: []caddyhttp.MiddlewareHandler{h}}
-	if len(hosts) > 0 {
-		route.MatcherSets = caddyhttp.MatcherSets{{caddyhttp.MatchHost(hosts)}}
-	}
-	return route
-}
-
 func TestSiteOf(t *testing.T) {
 	h := &Handler{sites: new(siteCache)}
 	other := &Handler{sites: new(siteCache)}
