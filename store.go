@@ -49,10 +49,10 @@ type memoryStore struct{ cache *etagcache.Cache }
 func (memoryStore) lock(*write, time.Time) *refusal { return nil }
 
 func (s memoryStore) found(wr *write) (etagcache.Version, bool) {
-	v, ok := s.cache.Get(wr.key)
-	// Found under the lock: recording the next version needs no settling
-	// lookup (etagcache.Cache.Update).
-	wr.inCache = ok
+	// Found under the lock: the next version replaces it in place
+	// (etagcache.Cache.Update).
+	v, held, ok := s.cache.Find(wr.key)
+	wr.held = held
 	return v, ok
 }
 

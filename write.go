@@ -64,8 +64,10 @@ type write struct {
 	// not recorded in this process; mark names it in that list.
 	distrust bool
 	mark     string
-	// inCache: the version was found in this process's cache under the lock.
-	inCache bool
+	// held is the resource's entry in this process's cache when the write
+	// found its version there under the lock: the next version replaces it
+	// in place.
+	held etagcache.Held
 	// replaced is the tag of the version the write was checked against,
 	// older the tags that version had superseded: once the write succeeds,
 	// a write naming any of them is certainly stale.
@@ -162,9 +164,18 @@ func (wr *write) admit() *refusal {
 func (wr *write) acquire() *refusal {
 	h := wr.h
 	ctx := wr.r.Context()
-	start := time.Now()
+	// When the write began to wait, if it had to: a write that finds its
+	// resource free reads the clock once (it is slow on some virtual
+	// machines), and waited nothing.
+	var start time.Time
+	if h.reg != nil && h.reg.overlap.Load() {
+		start = time.Now() // the fence may make it wait
+	}
 	fenced, err := h.enterFence(ctx, wr.r.URL.EscapedPath())
 	if err == nil && !h.locks.TryLock(wr.key) {
+		if start.IsZero() {
+			start = time.Now()
+		}
 		// Contended: most writes that wait now name a version the one
 		// ahead of them is about to replace, or has replaced.
 		if ref := wr.refuseSuperseded(); ref != nil {
@@ -176,6 +187,9 @@ func (wr *write) acquire() *refusal {
 		}
 	}
 	now := time.Now()
+	if start.IsZero() {
+		start = now
+	}
 	wr.waited = now.Sub(start)
 	observeLockWait(wr.waited)
 	wr.set("http.write_guard.lock_wait", wr.waited)
@@ -270,8 +284,6 @@ func (wr *write) decide() *refusal {
 	wr.set("http.write_guard.etag", (*etagPlaceholder)(wr))
 	if fromCache {
 		wr.older = cached.Superseded
-	} else {
-		wr.inCache = false
 	}
 	if fromCache || stateKnown(state) {
 		wr.checked = etagcache.Version{Exists: state.Exists, ETag: state.ETag, LastModified: state.LastModified, Superseded: wr.older}
@@ -338,13 +350,10 @@ func (wr *write) record(made *etagcache.Version) *etagcache.Version {
 		return nil
 	}
 	made.Superseded = etagcache.Supersede(wr.replaced, wr.older, made.ETag)
-	switch {
-	case wr.distrust:
+	if wr.distrust {
 		h.cache.Forget(wr.key)
-	case wr.inCache:
-		h.cache.Update(wr.key, *made)
-	default:
-		h.cache.Record(wr.key, *made)
+	} else {
+		h.cache.Update(wr.key, wr.held, *made)
 	}
 	return made
 }

@@ -74,8 +74,8 @@ const (
 	DefaultTTL = 10 * time.Minute
 
 	// EntryOverhead is the approximate memory, in bytes, that one cached
-	// version takes besides the bytes of its entity-tag: its slot in
-	// ristretto's store (the entry is held there by value), in its expiration
+	// version takes besides the bytes of its entity-tag: its slot (which
+	// holds the entry it was stored with), ristretto's item for it, in its expiration
 	// buckets and in its admission policy, and its share of the admission
 	// sketch, sized at ten counters per expected entry. Those hash maps and
 	// the sketch grow in powers of two, so the true figure swings between
@@ -153,17 +153,11 @@ type paddedCounter struct {
 	atomic.Uint64
 }
 
-// entry is what the cache stores for a key. It is stored by value, not behind
-// a pointer: ristretto copies it in and out under its shard lock, so it is as
-// immutable as a pointer to a frozen struct would be, and Get saves the
-// dependent load of a separate object, a store saves an allocation, and the
-// collector has a million fewer objects to mark in a full cache.
-//
-// It is also kept small: ristretto's map holds it inline, so every byte
-// widens the slots a lookup walks through. Holding a Version as it is (96
-// bytes in all) made Get 1.3 times as slow as a bare lookup of a pointer on
-// a million keys; with these 56 bytes it is as fast as a bare lookup that
-// also reads the version it found (BenchmarkGetVsBaseline).
+// entry is one version of a key, as the cache holds it: immutable once
+// stored in its slot, so that a lookup reads it without a lock. It is kept
+// small: its generation check and its fields are what a lookup reads, and
+// a slot holds the first entry inline (BenchmarkGetVsBaseline measures the
+// lookup against a bare ristretto Get; the figures are in BENCHMARKS.md).
 type entry struct {
 	hash uint64 // the key's hash: its stripe in the Generations, its slot in taught
 	gen  uint64 // the stripe's value when the version was learned or recorded
@@ -183,6 +177,47 @@ const (
 	entryExists uint8 = 1 << iota
 	entryModified
 )
+
+// slot holds a key's entry in ristretto, which keeps it by pointer: the
+// write that holds the key's lock, and a read that sees another version,
+// replace the entry in place (one allocation) instead of storing anew in
+// ristretto, whose store of a key it holds takes its lock, its admission
+// policy's lock and its TTL bookkeeping. The slot keeps ristretto's TTL of
+// when it was stored: replacing the entry does not extend it, so a key
+// written without pause is forgotten, and checked with the upstream once,
+// every TTL.
+type slot struct {
+	cur atomic.Pointer[entry]
+	// first is the entry the slot was stored with, allocated with it.
+	first entry
+}
+
+func newSlot(e entry) *slot {
+	s := &slot{first: e}
+	s.cur.Store(&s.first)
+	return s
+}
+
+// replace puts e in place of the slot's entry, unless the slot holds a
+// newer version of the same key (a later generation of its stripe).
+func (s *slot) replace(e *entry) {
+	for {
+		cur := s.cur.Load()
+		if cur.hash == e.hash && cur.gen > e.gen {
+			return
+		}
+		if s.cur.CompareAndSwap(cur, e) {
+			return
+		}
+	}
+}
+
+// Held is a key's entry as Find found it, which the write holding the
+// key's lock replaces in place (Update).
+type Held struct {
+	in *instance
+	s  *slot
+}
 
 func newEntry(hash, gen uint64, v Version) entry {
 	e := entry{hash: hash, gen: gen, etag: v.ETag}
@@ -317,8 +352,16 @@ func (c *Cache) Learn(key string, s Stamp, v Version) {
 	// note stays behind in this one, and the next read teaches the version
 	// again.
 	in.taught[slot].Store(fp)
-	if e, ok := in.rc.Get(key); ok && e.hash == h && e.gen == s.gen && e.holds(v) {
-		return
+	found, ok := in.rc.Get(key)
+	if ok {
+		if e := found.cur.Load(); e.hash == h && e.gen == s.gen && e.holds(v) {
+			return
+		}
+		if !c.byBytes {
+			e := newEntry(h, s.gen, v)
+			found.replace(&e)
+			return
+		}
 	}
 	if !c.store(key, newEntry(h, s.gen, v)) {
 		in.taught[slot].CompareAndSwap(fp, 0)
@@ -344,21 +387,35 @@ func (c *Cache) fingerprint(keyHash, gen uint64, v Version) uint64 {
 // place unless ristretto drops or rejects it. The caller must hold the key's
 // write lock.
 func (c *Cache) Record(key string, v Version) {
-	h := c.gens.hash(key)
-	gen := c.gens.stripes[h&c.gens.mask].Add(1)
-	c.settle(key)
-	c.store(key, newEntry(h, gen, v))
+	c.Update(key, Held{}, v)
 }
 
-// Update is Record for a key whose valid entry the caller found (Get) while
-// holding the key's write lock: the entry is in ristretto's store, so the
-// lookup with which Record lets queued stores of a new key settle is not
-// needed. Were the entry evicted meanwhile, the store may be dropped, which
-// costs the next write a version check.
-func (c *Cache) Update(key string, v Version) {
+// Update is Record for a key whose entry the caller found (Find) while
+// holding the key's write lock: the entry is replaced in place. Were it
+// evicted meanwhile, the version is lost with it, which costs the next
+// write a version check. A zero Held makes it Record.
+func (c *Cache) Update(key string, held Held, v Version) {
 	h := c.gens.hash(key)
 	gen := c.gens.stripes[h&c.gens.mask].Add(1)
-	c.store(key, newEntry(h, gen, v))
+	e := newEntry(h, gen, v)
+	if c.byBytes {
+		// The entry's cost is counted when it is stored; a cache bounded
+		// by bytes stores every version anew, so that it counts what the
+		// version takes.
+		if held.s == nil {
+			c.settle(key)
+		}
+		c.store(key, e)
+		return
+	}
+	if held.s == nil || held.in != c.live.Load() {
+		held = c.held(key)
+	}
+	if held.s != nil {
+		held.s.replace(&e)
+		return
+	}
+	c.store(key, e)
 }
 
 // settle lets ristretto apply the stores already queued when key is not in
@@ -375,6 +432,25 @@ func (c *Cache) settle(key string) {
 			in.rc.Wait()
 		}
 	}
+}
+
+// held finds key's slot in the live instance, letting ristretto apply the
+// stores already queued when key is not in its store yet (see settle).
+func (c *Cache) held(key string) Held {
+	c.storing.RLock()
+	defer c.storing.RUnlock()
+	in := c.live.Load()
+	if in == nil {
+		return Held{}
+	}
+	s, ok := in.rc.Get(key)
+	if !ok {
+		in.rc.Wait()
+		if s, ok = in.rc.Get(key); !ok {
+			return Held{}
+		}
+	}
+	return Held{in, s}
 }
 
 // Forget makes the state of key unknown, for instance after a write whose
@@ -397,21 +473,28 @@ func (c *Cache) Forget(key string) {
 // Get returns the latest known version of key, if the cache knows it and no
 // write happened since it was learned.
 func (c *Cache) Get(key string) (Version, bool) {
-	e, ok := c.lookup(key)
-	if !ok || !c.valid(&e) {
+	v, _, ok := c.Find(key)
+	return v, ok
+}
+
+// Find is Get for the write that holds key's lock: held lets it replace the
+// entry in place once it knows the next version (Update).
+func (c *Cache) Find(key string) (Version, Held, bool) {
+	e, held, ok := c.lookup(key)
+	if !ok || !c.valid(e) {
 		c.misses.Add(1)
-		return Version{}, false
+		return Version{}, Held{}, false
 	}
 	c.hits.Add(1)
-	return e.version(), true
+	return e.version(), held, true
 }
 
 // Peek is Get without counting: for looking at the cache from outside (an
 // admin endpoint) without moving the hit and miss counters operators
 // watch.
 func (c *Cache) Peek(key string) (Version, bool) {
-	e, ok := c.lookup(key)
-	if !ok || !c.valid(&e) {
+	e, _, ok := c.lookup(key)
+	if !ok || !c.valid(e) {
 		return Version{}, false
 	}
 	return e.version(), true
@@ -421,12 +504,16 @@ func (c *Cache) Peek(key string) (Version, bool) {
 // lock, to keep lookups free of shared writes; an instance retired just
 // after a lookup loaded it is shut down closeGrace later, ample time for the
 // lookup to finish.
-func (c *Cache) lookup(key string) (entry, bool) {
+func (c *Cache) lookup(key string) (*entry, Held, bool) {
 	in := c.live.Load()
 	if in == nil {
-		return entry{}, false
+		return nil, Held{}, false
 	}
-	return in.rc.Get(key)
+	s, ok := in.rc.Get(key)
+	if !ok {
+		return nil, Held{}, false
+	}
+	return s.cur.Load(), Held{in, s}, true
 }
 
 // store reports whether ristretto took the entry (it may still refuse a
@@ -441,7 +528,7 @@ func (c *Cache) store(key string, e entry) bool {
 	}
 	c.storing.RLock()
 	in := c.live.Load()
-	ok := in != nil && in.rc.SetWithTTL(key, e, cost, c.ttl)
+	ok := in != nil && in.rc.SetWithTTL(key, newSlot(e), cost, c.ttl)
 	c.storing.RUnlock()
 	switch {
 	case in == nil:

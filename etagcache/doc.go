@@ -11,9 +11,11 @@
 //   - responses to reads feed the cache with [Cache.Learn] without taking any
 //     lock, so a slow read that began before a write can try to store the
 //     pre-write version after the write was recorded;
-//   - ristretto inserts a new key later, from another goroutine, but updates
-//     a present key at once, so stores do not take effect in the order they
-//     were made; it may also drop or reject any insertion;
+//   - ristretto inserts a new key later, from another goroutine, while a
+//     present key's entry is replaced in place at once (a key's slot holds
+//     its entry behind an atomic pointer), so stores do not take effect in
+//     the order they were made; ristretto may also drop or reject any
+//     insertion;
 //   - several caches (an old and a new configuration during a reload) can hold
 //     entries for the same resource at the same time, and a write recorded in
 //     one of them must invalidate what the others know.

@@ -658,8 +658,9 @@ func TestUpdateInvalidatesEarlierReads(t *testing.T) {
 	if _, ok := c.Get("/doc"); !ok {
 		t.Fatal("recorded version not found")
 	}
+	_, held, _ := c.Find("/doc")
 	before := c.Stamp("/doc")
-	c.Update("/doc", Version{Exists: true, ETag: `"v2"`})
+	c.Update("/doc", held, Version{Exists: true, ETag: `"v2"`})
 	c.Learn("/doc", before, Version{Exists: true, ETag: `"v1"`})
 	c.Wait()
 	if v, ok := c.Get("/doc"); !ok || v.ETag != `"v2"` {
@@ -768,5 +769,102 @@ func TestEntryKeepsVersion(t *testing.T) {
 func TestEntrySize(t *testing.T) {
 	if size := unsafe.Sizeof(entry{}); size > 56 {
 		t.Errorf("entry takes %d bytes, want at most 56", size)
+	}
+}
+
+// The write that found a key's entry replaces it in place: one allocation
+// (the entry), no store in ristretto, which would cost its item as well.
+func TestUpdateReplacesInPlace(t *testing.T) {
+	c := newCache(t, Config{MaxEntries: 100})
+	c.Record("/doc", Version{Exists: true, ETag: `"v0"`})
+	c.Wait()
+	i := 0
+	allocs := testing.AllocsPerRun(100, func() {
+		_, held, ok := c.Find("/doc")
+		if !ok {
+			t.Fatal("recorded version not found")
+		}
+		i++
+		c.Update("/doc", held, Version{Exists: true, ETag: `"v1"`})
+	})
+	if allocs != 1 {
+		t.Errorf("Find and Update allocated %v times, want 1", allocs)
+	}
+	// No Wait: the version is in place at once.
+	if v, ok := c.Get("/doc"); !ok || v.ETag != `"v1"` {
+		t.Fatalf("after Update: %+v, %v", v, ok)
+	}
+}
+
+// A slot never goes back to an older version of its key: a read that
+// stamped before a write and lands after it leaves the write's version.
+func TestSlotKeepsTheNewerVersion(t *testing.T) {
+	newer := newEntry(7, 2, Version{Exists: true, ETag: `"v2"`})
+	s := newSlot(newer)
+	older := newEntry(7, 1, Version{Exists: true, ETag: `"v1"`})
+	s.replace(&older)
+	if got := s.cur.Load(); got.etag != `"v2"` {
+		t.Fatalf("slot holds %q, want the newer \"v2\"", got.etag)
+	}
+	newest := newEntry(7, 3, Version{Exists: true, ETag: `"v3"`})
+	s.replace(&newest)
+	if got := s.cur.Load(); got.etag != `"v3"` {
+		t.Fatalf("slot holds %q, want \"v3\"", got.etag)
+	}
+}
+
+// A Held of an instance the cache has since replaced (it grew, or closed
+// and reopened) is not written to: the version goes to the live instance.
+func TestUpdateAfterGrowthStoresInTheLiveInstance(t *testing.T) {
+	c := newSizedCache(t, Config{MaxEntries: 100_000}, 16)
+	c.Record("/doc", Version{Exists: true, ETag: `"v1"`})
+	c.Wait()
+	_, held, ok := c.Find("/doc")
+	if !ok {
+		t.Fatal("recorded version not found")
+	}
+	next, err := c.newInstance(1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := c.live.Swap(next)
+	c.retire(old)
+	c.Update("/doc", held, Version{Exists: true, ETag: `"v2"`})
+	c.Wait()
+	if v, ok := c.Get("/doc"); !ok || v.ETag != `"v2"` {
+		t.Fatalf("after Update with a stale Held: %+v, %v", v, ok)
+	}
+}
+
+// A cache bounded by bytes stores every version anew, so that its cost
+// counts what the version takes: a write that adds superseded tags grows
+// the cost.
+func TestUpdateByBytesCountsTheNewVersion(t *testing.T) {
+	c := newCache(t, Config{MaxBytes: 1 << 20})
+	c.Record("/doc", Version{Exists: true, ETag: `"a"`})
+	c.Wait()
+	_, held, _ := c.Find("/doc")
+	c.Update("/doc", held, Version{Exists: true, ETag: `"b"`, Superseded: []string{`"a"`}})
+	c.Wait()
+	if cost := c.Stats().Cost; cost != EntryOverhead+3+3+16 {
+		t.Errorf("cost %d, want %d", cost, EntryOverhead+3+3+16)
+	}
+}
+
+// A read that shows another version of a key the cache holds replaces the
+// entry in place, as a write does.
+func TestLearnReplacesInPlace(t *testing.T) {
+	c := newCache(t, Config{MaxEntries: 100})
+	c.Learn("/doc", c.Stamp("/doc"), Version{Exists: true, ETag: `"v1"`})
+	c.Wait()
+	in := c.live.Load()
+	before, _ := in.rc.Get("/doc")
+	c.Learn("/doc", c.Stamp("/doc"), Version{Exists: true, ETag: `"v2"`})
+	after, _ := in.rc.Get("/doc")
+	if before != after {
+		t.Error("a read of another version stored a new slot")
+	}
+	if v, ok := c.Get("/doc"); !ok || v.ETag != `"v2"` {
+		t.Fatalf("after the read: %+v, %v", v, ok)
 	}
 }

@@ -30,7 +30,7 @@ import (
 // Generations like any other; a read stamped before a write cannot teach
 // the new instance its older version, for the same reason.
 type instance struct {
-	rc *ristretto.Cache[string, entry]
+	rc *ristretto.Cache[string, *slot]
 	// taught holds, per slot (by key hash), a fingerprint of the last
 	// version a read taught (key, version, generation), so that the reads
 	// that learn what is already known, nearly all of them, skip the
@@ -83,29 +83,32 @@ func (c *Cache) newInstance(entries int64) (*instance, error) {
 			in.growAt *= EntryOverhead + typicalETagLen
 		}
 	}
-	rc, err := ristretto.NewCache(&ristretto.Config[string, entry]{
+	rc, err := ristretto.NewCache(&ristretto.Config[string, *slot]{
 		// Ristretto's advice: ten counters per entry expected when full.
 		NumCounters:        max(min(entries, math.MaxInt64/10)*10, 100),
 		MaxCost:            c.maxCost,
 		BufferItems:        64,
 		IgnoreInternalCost: true,
-		OnEvict: func(it *ristretto.Item[entry]) {
-			in.taught[it.Value.hash&in.taughtMask].Store(0)
+		OnEvict: func(it *ristretto.Item[*slot]) {
+			in.taught[it.Value.first.hash&in.taughtMask].Store(0)
 			// Closing an instance empties it through the same callback;
 			// that is not an eviction anybody should see in a graph.
 			if !in.retired.Load() {
 				c.evictions.Add(1)
 			}
 		},
-		OnReject: func(it *ristretto.Item[entry]) {
-			in.taught[it.Value.hash&in.taughtMask].Store(0)
+		OnReject: func(it *ristretto.Item[*slot]) {
+			in.taught[it.Value.first.hash&in.taughtMask].Store(0)
 			c.rejections.Add(1)
 		},
 		// An update of an existing key is applied at once, so a read that
 		// stamped before a write could replace the write's valid entry with
 		// its own dead one. Keep the newer of the two instead: entries of one
 		// key share a stripe, so their generations compare.
-		ShouldUpdate: func(cur, prev entry) bool { return cur.hash != prev.hash || cur.gen >= prev.gen },
+		ShouldUpdate: func(cur, prev *slot) bool {
+			c, p := cur.cur.Load(), prev.cur.Load()
+			return c.hash != p.hash || c.gen >= p.gen
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etagcache: %w", err)
