@@ -193,17 +193,19 @@ func (c *checker) close() {
 	c.wg.Wait()
 }
 
-// observe follows the outcome of every command: a failure for want of
-// Redis marks it unreachable, the next answer after that starts a check.
-func (c *checker) observe(err error) {
+// observe follows the outcome of every command, run with ctx: a failure
+// for want of Redis marks it unreachable, the next answer after that starts
+// a check. A timeout is Redis's failure unless ctx itself ended: a dial or
+// a read that timed out reads as a deadline exceeded too.
+func (c *checker) observe(ctx context.Context, err error) {
 	var reply redis.Error
 	switch {
 	case err == nil || errors.As(err, &reply) && !transient(err):
 		if c.unreachable.Load() && c.unreachable.CompareAndSwap(true, false) {
 			c.start()
 		}
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded), errors.Is(err, redis.ErrClosed):
-		// The caller gave up, or the store is closing: nothing learned.
+	case errors.Is(err, redis.ErrClosed), ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
+		// The store is closing, or the caller gave up: nothing learned.
 	default:
 		c.unreachable.Store(true)
 	}
@@ -218,7 +220,7 @@ func (r reachability) DialHook(next redis.DialHook) redis.DialHook { return next
 func (r reachability) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		err := next(ctx, cmd)
-		r.c.observe(err)
+		r.c.observe(ctx, err)
 		return err
 	}
 }
@@ -226,7 +228,7 @@ func (r reachability) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (r reachability) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
-		r.c.observe(err)
+		r.c.observe(ctx, err)
 		return err
 	}
 }

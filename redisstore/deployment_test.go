@@ -2,6 +2,7 @@ package redisstore
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -162,4 +163,23 @@ func TestDeploymentCheckedWhenRedisFirstAnswers(t *testing.T) {
 	}
 	// A check that ran between the restart and CONFIG SET may come first.
 	waitCheck(t, ch, func(d Deployment) bool { return d.Evicts && d.Policy == "volatile-lru" })
+}
+
+// A command that times out while its caller still waits (a dial or a read
+// that Redis did not answer in time) is Redis failing, and the next answer
+// is checked again; one whose caller gave up says nothing of Redis.
+func TestTimeoutsMarkRedisUnreachable(t *testing.T) {
+	c := &checker{}
+	timedOut := fmt.Errorf("dial tcp 127.0.0.1:1: i/o timeout: %w", context.DeadlineExceeded)
+	c.observe(context.Background(), timedOut)
+	if !c.unreachable.Load() {
+		t.Error("a dial that timed out did not mark Redis unreachable")
+	}
+	c.unreachable.Store(false)
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	c.observe(gone, context.Canceled)
+	if c.unreachable.Load() {
+		t.Error("a caller that gave up marked Redis unreachable")
+	}
 }
