@@ -103,7 +103,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 	}
 	wr := &write{h: h, w: w, r: r, next: next, method: method, key: key}
 	wr.repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	wr.set("http.write_guard.key", (*keyPlaceholder)(wr))
+	wr.set("http.write_guard.key", (*placeholderString)(&wr.key))
 	defer wr.close()
 	if ref := wr.admit(); ref != nil {
 		return h.refuse(w, r, ref)
@@ -116,7 +116,7 @@ func (h *Handler) serveWrite(w http.ResponseWriter, r *http.Request, next caddyh
 		return h.refuse(w, r, ref)
 	}
 	countOutcome(outcomeAllowed)
-	wr.set("http.write_guard.outcome", outcomeAllowed)
+	wr.set("http.write_guard.outcome", (*placeholderString)(&outcomeNames[outcomeAllowed]))
 	return wr.forward()
 }
 
@@ -239,7 +239,7 @@ func (wr *write) refuseSuperseded() *refusal {
 		return nil
 	}
 	wr.replaced = state.ETag
-	wr.set("http.write_guard.etag", (*etagPlaceholder)(wr))
+	wr.set("http.write_guard.etag", (*placeholderString)(&wr.replaced))
 	return refuseStale(o, state, h.versions.untagged)
 }
 
@@ -281,7 +281,7 @@ func (wr *write) decide() *refusal {
 		o = wr.cond.Evaluate(state, h.matching)
 	}
 	wr.replaced = state.ETag
-	wr.set("http.write_guard.etag", (*etagPlaceholder)(wr))
+	wr.set("http.write_guard.etag", (*placeholderString)(&wr.replaced))
 	if fromCache {
 		wr.older = cached.Superseded
 	}
@@ -486,15 +486,15 @@ func (c *writeCtx) Value(key any) any {
 	return c.Context.Value(key)
 }
 
-// The write's placeholders are the write itself, shown as one field: no
-// allocation while nobody asks for them.
-type (
-	keyPlaceholder  write
-	etagPlaceholder write
-)
+// placeholderString is a placeholder's value that is a field of the write
+// (or an outcome's name), set without an allocation. Through a pointer to a
+// string it is still a string to every consumer: the replacer and
+// log_append (String), and the CEL of `expression` matchers, which takes a
+// pointer's target by its kind and refuses a struct or reads a uint8 as a
+// number.
+type placeholderString string
 
-func (p *keyPlaceholder) String() string  { return p.key }
-func (p *etagPlaceholder) String() string { return p.replaced }
+func (p *placeholderString) String() string { return string(*p) }
 
 // set sets one of the write's placeholders.
 func (wr *write) set(name string, value any) {
@@ -506,7 +506,7 @@ func (wr *write) set(name string, value any) {
 // decided counts a guarded request's outcome and shows it to access logs.
 func decided(r *http.Request, o outcome) {
 	countOutcome(o)
-	setPlaceholder(r, "http.write_guard.outcome", o)
+	setPlaceholder(r, "http.write_guard.outcome", (*placeholderString)(&outcomeNames[o]))
 }
 
 // setPlaceholder sets one of the guard's placeholders for the request.
