@@ -90,7 +90,7 @@ func (c *Cache) newInstance(entries int64) (*instance, error) {
 		BufferItems:        64,
 		IgnoreInternalCost: true,
 		OnEvict: func(it *ristretto.Item[*slot]) {
-			in.taught[it.Value.first.hash&in.taughtMask].Store(0)
+			in.untaught(it.Value)
 			// Closing an instance empties it through the same callback;
 			// that is not an eviction anybody should see in a graph.
 			if !in.retired.Load() {
@@ -98,7 +98,7 @@ func (c *Cache) newInstance(entries int64) (*instance, error) {
 			}
 		},
 		OnReject: func(it *ristretto.Item[*slot]) {
-			in.taught[it.Value.first.hash&in.taughtMask].Store(0)
+			in.untaught(it.Value)
 			c.rejections.Add(1)
 		},
 		// An update of an existing key is applied at once, so a read that
@@ -119,6 +119,16 @@ func (c *Cache) newInstance(entries int64) (*instance, error) {
 	slots := uint64(1) << bits.Len64(uint64(min(max(entries, 1024), 1<<22))-1)
 	in.taught, in.taughtMask = make([]atomic.Uint64, slots), slots-1
 	return in, nil
+}
+
+// untaught clears the fingerprint of an entry that left the instance. A
+// victim that ristretto's policy names after its entry was deleted comes
+// without it (nil): nothing is left to clear but a fingerprint that, at
+// worst, makes a read skip teaching a version again.
+func (in *instance) untaught(s *slot) {
+	if s != nil {
+		in.taught[s.first.hash&in.taughtMask].Store(0)
+	}
 }
 
 // grow replaces in, the live instance, by a larger one once it holds what it

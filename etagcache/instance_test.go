@@ -235,3 +235,17 @@ func TestEmptyCacheMemory(t *testing.T) {
 		runtime.KeepAlive(c)
 	}
 }
+
+// ristretto names victims of its policy whose entry was deleted already
+// (Forget deletes at once, and tells the policy later) without a value:
+// that is no reason to panic on its goroutine.
+func TestVictimWithoutEntry(t *testing.T) {
+	c := newCache(t, Config{MaxEntries: 8})
+	for i := range 5000 {
+		c.Record(fmt.Sprint("/doc/", i), Version{Exists: true, ETag: `"v"`})
+		c.Forget(fmt.Sprint("/doc/", i-3))
+	}
+	c.Wait()
+	// What the policy hands over for such a victim.
+	c.live.Load().untaught(nil)
+}
