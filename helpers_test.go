@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -59,6 +60,11 @@ func newCaddyContext() (caddy.Context, context.CancelFunc) {
 func newTestHandler(t testing.TB, h *Handler) *Handler {
 	t.Helper()
 	ctx, cancel := newCaddyContext()
+	// Cleanups run last first: the configuration stops, then the test waits
+	// for it to leave its registry. Leaving can make every cache of the
+	// process forget (reload.go), which must happen within this test, not
+	// in whichever test runs next.
+	t.Cleanup(func() { awaitLeft(t, h) })
 	t.Cleanup(cancel)
 	if h.CacheSize == 0 && h.CacheBytes == 0 {
 		h.CacheSize = 10_000
@@ -90,6 +96,25 @@ func newTestHandler(t testing.TB, h *Handler) *Handler {
 		}
 	}
 	return h
+}
+
+// awaitLeft waits until h's configuration, stopped, has left its registry.
+func awaitLeft(t testing.TB, h *Handler) {
+	if h.config == nil || h.reg == nil {
+		return
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		h.reg.mu.Lock()
+		live := slices.Contains(h.reg.live, h.config)
+		h.reg.mu.Unlock()
+		if !live {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Error("a stopped configuration never left its registry")
+			return
+		}
+	}
 }
 
 // serve sends h a request for target (a path and query on example.com)
