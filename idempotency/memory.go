@@ -123,12 +123,14 @@ func (m *Memory) Claim(_ context.Context, id string, fp Fingerprint) (Ticket, Re
 func (m *Memory) Wait(ctx context.Context, id string) error {
 	m.mu.Lock()
 	e := m.current(id)
-	m.mu.Unlock()
 	if e == nil || e.ended {
+		m.mu.Unlock()
 		return nil
 	}
+	done := e.done
+	m.mu.Unlock()
 	select {
-	case <-e.done:
+	case <-done:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
