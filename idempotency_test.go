@@ -299,8 +299,12 @@ func TestIdemWhatIsStored(t *testing.T) {
 // applied: its retry is refused, not forwarded again, for the ttl.
 func TestIdemLostAnswerIsNeverForwardedAgain(t *testing.T) {
 	for name, fail := range map[string]func(w http.ResponseWriter) error{
-		"cut":         func(http.ResponseWriter) error { return caddyhttp.Error(http.StatusBadGateway, errors.New("connection reset by peer")) },
-		"timeout":     func(http.ResponseWriter) error { return caddyhttp.Error(http.StatusGatewayTimeout, errors.New("i/o timeout")) },
+		"cut": func(http.ResponseWriter) error {
+			return caddyhttp.Error(http.StatusBadGateway, errors.New("connection reset by peer"))
+		},
+		"timeout": func(http.ResponseWriter) error {
+			return caddyhttp.Error(http.StatusGatewayTimeout, errors.New("i/o timeout"))
+		},
 		"gateway 502": func(w http.ResponseWriter) error { w.WriteHeader(http.StatusBadGateway); return nil },
 		"gateway 504": func(w http.ResponseWriter) error { w.WriteHeader(http.StatusGatewayTimeout); return nil },
 	} {
