@@ -19,6 +19,7 @@ import (
 //		fingerprint    <field...>   # default: none besides Content-Type, Content-Encoding, Content-Language
 //		replay_headers <field...>   # default: none besides ETag, Location, Content-Type, ...
 //		max_memory     <size>       # default: 64MiB
+//		forward_key                 # default: off (the upstream does not see the field)
 //		claim_ttl      <duration>   # default: 10s (store redis)
 //	}
 //
@@ -73,6 +74,8 @@ func (h *Handler) unmarshalIdempotency(d *caddyfile.Dispenser) error {
 			} else {
 				c.MaxMemory = int64(size)
 			}
+		case "forward_key":
+			c.ForwardKey = true
 		case "scope":
 			if !d.NextArg() {
 				return d.ArgErr()

@@ -31,6 +31,7 @@ func TestUnmarshalIdempotency(t *testing.T) {
 					fingerprint Accept X-Tenant
 					replay_headers Set-Cookie
 					max_memory 128MiB
+					forward_key
 					claim_ttl 20s
 				}
 				lock_timeout 5s
@@ -39,7 +40,7 @@ func TestUnmarshalIdempotency(t *testing.T) {
 				Methods: []string{"POST", "PUT", "PATCH", "DELETE"}, Require: []string{"POST"},
 				TTL: caddy.Duration(24 * time.Hour), MaxBody: 1 << 20, Scope: "{http.request.header.Authorization}",
 				Wait: caddy.Duration(5 * time.Second), Fingerprint: []string{"Accept", "X-Tenant"},
-				ReplayHeaders: []string{"Set-Cookie"}, MaxMemory: 128 << 20, ClaimTTL: caddy.Duration(20 * time.Second),
+				ReplayHeaders: []string{"Set-Cookie"}, MaxMemory: 128 << 20, ForwardKey: true, ClaimTTL: caddy.Duration(20 * time.Second),
 			},
 		},
 		{name: "argument", input: "write_guard {\nidempotency on\n}", err: "wrong argument count"},
@@ -50,6 +51,7 @@ func TestUnmarshalIdempotency(t *testing.T) {
 		{name: "bad ttl", input: "write_guard {\nidempotency {\nttl forever\n}\n}", err: "not a positive duration"},
 		{name: "bad size", input: "write_guard {\nidempotency {\nmax_body lots\n}\n}", err: "not a size"},
 		{name: "scope without value", input: "write_guard {\nidempotency {\nscope\n}\n}", err: "wrong argument count"},
+		{name: "forward_key with argument", input: "write_guard {\nidempotency {\nforward_key yes\n}\n}", err: "wrong argument count"},
 		{name: "two scopes", input: "write_guard {\nidempotency {\nscope a b\n}\n}", err: "wrong argument count"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

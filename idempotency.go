@@ -192,6 +192,14 @@ type IdempotencyConfig struct {
 	// reached; records in flight never are. Default: 67108864 (64 MiB).
 	MaxMemory int64 `json:"max_memory,omitempty"`
 
+	// ForwardKey passes the Idempotency-Key field on to the upstream, for
+	// upstreams that implement it too. Go's HTTP transport, which
+	// reverse_proxy uses, takes a request with the field for one it may
+	// send again when the connection breaks before the answer, so an
+	// upstream that knows nothing of keys could then apply it twice.
+	// Default: false (the field is removed).
+	ForwardKey bool `json:"forward_key,omitempty"`
+
 	// ClaimTTL is, with store redis, how long the claim of a key in
 	// flight outlives an instance that dies while serving it: the
 	// instance renews it every third of ClaimTTL while the request runs.
@@ -252,7 +260,8 @@ type idempotent struct {
 	fields   []string // fingerprinted, canonical
 	replayed []string // kept for replay, canonical
 	store    idempotency.Store
-	poolKey  string
+	// forwardKey: the upstream gets the Idempotency-Key field.
+	forwardKey bool
 }
 
 // provisionIdempotency builds the handler's idempotency step, once the
@@ -283,6 +292,7 @@ func (h *Handler) provisionIdempotency() error {
 		ip.scope = c.Scope
 	}
 	ip.wait = time.Duration(c.Wait)
+	ip.forwardKey = c.ForwardKey
 	for _, f := range append(append(slices.Clone(defaultFingerprintFields), h.overrideFields...), c.Fingerprint...) {
 		if f = http.CanonicalHeaderKey(f); !slices.Contains(ip.fields, f) {
 			ip.fields = append(ip.fields, f)
@@ -449,7 +459,16 @@ func (ip *idempotent) serve(ticket idempotency.Ticket, w http.ResponseWriter, r 
 			ip.end(ticket, r, idempotency.Unknown, nil)
 		}
 	}()
-	err = ip.h.serveMethod(rec, r.WithContext(ctx), next, method)
+	fr := r.WithContext(ctx)
+	if !ip.forwardKey {
+		// The guard answers retries; and Go's transport (reverse_proxy's)
+		// would take a request with the field for one it may send again
+		// on a new connection when the first broke before an answer:
+		// applied twice by a backend that knows nothing of keys.
+		fr.Header = r.Header.Clone()
+		delete(fr.Header, "Idempotency-Key")
+	}
+	err = ip.h.serveMethod(rec, fr, next, method)
 	panicked = false
 	state, answer := ip.outcome(r, rec, call, err)
 	ip.end(ticket, r, state, answer)

@@ -108,6 +108,23 @@ func TestIdemReplaysTheFirstAnswer(t *testing.T) {
 	}
 }
 
+// The upstream does not get the key unless forward_key says so.
+func TestIdemKeyNotForwarded(t *testing.T) {
+	for _, forward := range []bool{false, true} {
+		var got []string
+		next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+			got = append(got, r.Header.Get("Idempotency-Key"))
+			w.WriteHeader(http.StatusCreated)
+			return nil
+		})
+		h := idemHandler(t, &IdempotencyConfig{ForwardKey: forward})
+		serve(t, h, next, "POST", "/orders", "x", key1)
+		if want := map[bool]string{false: "", true: `"k-1"`}[forward]; len(got) != 1 || got[0] != want {
+			t.Errorf("forward_key %v: the upstream got %q", forward, got)
+		}
+	}
+}
+
 func TestIdemReplayHeadersAddsFields(t *testing.T) {
 	o := &orders{}
 	h := idemHandler(t, &IdempotencyConfig{ReplayHeaders: []string{"set-cookie"}})
@@ -565,5 +582,35 @@ func TestIdemValidate(t *testing.T) {
 		if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
 			t.Errorf("%+v: %v, want %q", tc.c, err, tc.err)
 		}
+	}
+}
+
+// brokenWriter is the answer to a client that has gone: every write fails.
+type brokenWriter struct{ h http.Header }
+
+func (b *brokenWriter) Header() http.Header       { return b.h }
+func (b *brokenWriter) WriteHeader(int)           {}
+func (b *brokenWriter) Write([]byte) (int, error) { return 0, errors.New("broken pipe") }
+
+// The answer of a client that has gone is still read to its end and
+// recorded: the next handler (as reverse_proxy does) stops copying at the
+// first write that fails.
+func TestIdemAnswerRecordedPastAGoneClient(t *testing.T) {
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.WriteHeader(http.StatusCreated)
+		for _, part := range []string{"one ", "two ", "three"} {
+			if _, err := w.Write([]byte(part)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	h := idemHandler(t, nil)
+	req := httptest.NewRequest("POST", "http://example.com/orders", strings.NewReader("x"))
+	req.Header.Set("Idempotency-Key", `"k-1"`)
+	w := &brokenWriter{h: http.Header{}}
+	h.ServeHTTP(w, caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, nil), next)
+	if r := serve(t, h, next, "POST", "/orders", "x", key1); r.Code != http.StatusCreated || r.Body.String() != "one two three" {
+		t.Fatalf("retry: %d %q", r.Code, r.Body)
 	}
 }
