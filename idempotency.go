@@ -308,12 +308,12 @@ func (h *Handler) provisionIdempotency() error {
 	if maxMemory == 0 {
 		maxMemory = DefaultIdempotencyMaxMemory
 	}
-	store, key, err := attachIdempotencyStore(h, maxMemory, time.Duration(c.ClaimTTL))
+	store, keys, err := attachIdempotencyStore(h, maxMemory, time.Duration(c.ClaimTTL))
 	if err != nil {
 		return fmt.Errorf("write_guard idempotency: %v", err)
 	}
 	ip.store = store
-	h.poolKeys = append(h.poolKeys, key)
+	h.poolKeys = append(h.poolKeys, keys...)
 	h.idem = ip
 	return nil
 }
@@ -438,7 +438,6 @@ func (ip *idempotent) claim(w http.ResponseWriter, r *http.Request, id string, f
 // storeFailed answers a request whose record could not be read or
 // claimed: the store (Redis) failed, and on_store_error fail is in force.
 func (ip *idempotent) storeFailed(r *http.Request, err error) *refusal {
-	guardMetrics().storeErrors.Inc()
 	if c := ip.h.logger.Check(zapcore.WarnLevel, "idempotency store failed; request refused"); c != nil {
 		c.Write(zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
 	}
@@ -537,6 +536,9 @@ func (ip *idempotent) end(ticket idempotency.Ticket, r *http.Request, state idem
 	} else {
 		err = ticket.Finish(ctx, state, answer, ip.ttl)
 	}
+	if err == nil && state != idempotency.Absent {
+		countIdemStored()
+	}
 	if err != nil {
 		if c := ip.h.logger.Check(zapcore.WarnLevel, "could not record what became of a request with an Idempotency-Key; a retry with the key may be served again"); c != nil {
 			c.Write(zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Stringer("state", state), zap.Error(err))
@@ -626,6 +628,7 @@ func (ip *idempotent) replay(w http.ResponseWriter, a *idempotency.Answer) error
 
 // result shows what the step made of the request.
 func (ip *idempotent) result(r *http.Request, res idemResult) {
+	countIdemResult(res)
 	setPlaceholder(r, "http.write_guard.idempotency", res)
 }
 
