@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/writeguard/caddy-writeguard/internal/redistest"
 )
 
 // jsonServer is json-server (npm), a REST app that creates a record on
@@ -333,4 +335,112 @@ func TestIdempotencyRulesThroughCaddy(t *testing.T) {
 	if got := mustBody(t, store, "/notes/1"); got != "y" {
 		t.Fatalf("backend holds %q", got)
 	}
+}
+
+// slowCreates creates a record on every POST, after delay; the POSTs
+// carrying X-Hang are never answered (until the test ends).
+type slowCreates struct {
+	delay   time.Duration
+	created atomic.Int64
+	hung    chan struct{}
+	release chan struct{}
+}
+
+func (s *slowCreates) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	n := s.created.Add(1)
+	if r.Header.Get("X-Hang") != "" {
+		s.hung <- struct{}{}
+		<-s.release
+		return
+	}
+	time.Sleep(s.delay)
+	w.Header().Set("Location", fmt.Sprintf("/orders/%d", n))
+	w.WriteHeader(http.StatusCreated)
+	fmt.Fprintf(w, `{"id":%d}`, n)
+}
+
+// Two Caddy instances with store redis: retries of one create sent at once
+// through both apply it once.
+func TestIdempotencyAcrossInstances(t *testing.T) {
+	srv := redistest.Start(t)
+	backend := &slowCreates{delay: 200 * time.Millisecond}
+	upstream := startBackend(t, backend)
+	opts := redisOpts(srv, "\t\tidempotency")
+	a, b := startInstance(t, guardSite(upstream, opts)), startInstance(t, guardSite(upstream, opts))
+
+	answers := make([]response, 8)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range answers {
+		base := []string{a.base, b.base}[i%2]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			answers[i] = send(t, "POST", base+"/orders", "x", `Idempotency-Key: "across-1"`)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	var created []response
+	for _, r := range answers {
+		switch r.status {
+		case http.StatusCreated:
+			created = append(created, r)
+		case http.StatusConflict:
+		default:
+			t.Errorf("answer %d %s", r.status, r.body)
+		}
+	}
+	if n := backend.created.Load(); n != 1 {
+		t.Fatalf("8 POSTs with one key through two instances created %d records", n)
+	}
+	for _, r := range []response{send(t, "POST", a.base+"/orders", "x", `Idempotency-Key: "across-1"`), send(t, "POST", b.base+"/orders", "x", `Idempotency-Key: "across-1"`)} {
+		if r.status != http.StatusCreated || r.body != `{"id":1}` || r.header.Get("Idempotent-Replayed") != "true" {
+			t.Fatalf("later retry: %d %v %q", r.status, r.header, r.body)
+		}
+	}
+	t.Logf("%d of 8 got 201, the others 409 in flight", len(created))
+}
+
+// An instance killed while it serves a request with a key frees the key
+// after claim_ttl, not after the replay ttl.
+func TestIdempotencyKilledInstanceFreesKeyAfterClaimTTL(t *testing.T) {
+	srv := redistest.Start(t)
+	backend := &slowCreates{hung: make(chan struct{}, 1), release: make(chan struct{})}
+	defer close(backend.release)
+	upstream := startBackend(t, backend)
+	opts := redisOpts(srv, "\t\tidempotency {\n\t\t\tclaim_ttl 1s\n\t\t\tttl 1h\n\t\t}")
+	a, b := startInstance(t, guardSite(upstream, opts)), startInstance(t, guardSite(upstream, opts))
+	const key = `Idempotency-Key: "killed-1"`
+
+	go func() {
+		req, _ := http.NewRequest("POST", a.base+"/orders", strings.NewReader("x"))
+		req.Header.Set("Idempotency-Key", `"killed-1"`)
+		req.Header.Set("X-Hang", "1")
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-backend.hung
+	// A live request's claim is renewed: three claim TTLs later it holds.
+	time.Sleep(3 * time.Second)
+	if r := send(t, "POST", b.base+"/orders", "x", key); r.status != http.StatusConflict {
+		t.Fatalf("retry while the first runs: %d %s", r.status, r.body)
+	}
+	a.kill()
+	killed := time.Now()
+	for deadline := killed.Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		r := send(t, "POST", b.base+"/orders", "x", key)
+		if r.status == http.StatusCreated {
+			if r.header.Get("Idempotent-Replayed") != "" {
+				t.Fatalf("replayed an answer nobody got: %v", r.header)
+			}
+			break
+		}
+		if r.status != http.StatusConflict || time.Now().After(deadline) {
+			t.Fatalf("retry after the instance died: %d %s", r.status, r.body)
+		}
+	}
+	t.Logf("the key was free again %v after its instance was killed (claim_ttl 1s, ttl 1h)", time.Since(killed).Round(10*time.Millisecond))
 }
