@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/writeguard/caddy-writeguard/examples/backend"
 	"github.com/writeguard/caddy-writeguard/idempotency"
@@ -612,5 +613,31 @@ func TestIdemAnswerRecordedPastAGoneClient(t *testing.T) {
 	h.ServeHTTP(w, caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, nil), next)
 	if r := serve(t, h, next, "POST", "/orders", "x", key1); r.Code != http.StatusCreated || r.Body.String() != "one two three" {
 		t.Fatalf("retry: %d %q", r.Code, r.Body)
+	}
+}
+
+func TestIdemMetrics(t *testing.T) {
+	m := idemMetrics()
+	count := func() map[string]float64 {
+		return map[string]float64{
+			"new": testutil.ToFloat64(m.byResult[idemNew]), "replayed": testutil.ToFloat64(m.byResult[idemReplayed]),
+			"reused": testutil.ToFloat64(m.byResult[idemReused]), "stored": testutil.ToFloat64(m.stored),
+			"evicted": testutil.ToFloat64(m.evicted),
+		}
+	}
+	before := count()
+	o := &orders{}
+	h := idemHandler(t, nil)
+	h.idem.store = idempotency.NewMemory(idempotency.MemoryConfig{MaxBytes: 1000, OnEvict: countIdemEviction})
+	serve(t, h, o, "POST", "/orders", "x", key1)
+	serve(t, h, o, "POST", "/orders", "x", key1)
+	serve(t, h, o, "POST", "/orders", "y", key1)
+	serve(t, h, o, "POST", "/orders", "x", `Idempotency-Key: "k-2"`)
+	serve(t, h, o, "POST", "/orders", "x", `Idempotency-Key: "k-3"`)
+	after := count()
+	for name, want := range map[string]float64{"new": 3, "replayed": 1, "reused": 1, "stored": 3, "evicted": 1} {
+		if got := after[name] - before[name]; got != want {
+			t.Errorf("%s: +%v, want +%v", name, got, want)
+		}
 	}
 }
