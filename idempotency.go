@@ -53,7 +53,7 @@ package writeguard
 // refusals (428, 412, 409 busy, 413, 400, 503 store unavailable: nothing
 // reached the upstream, so a retry is judged afresh), the upstream's 1xx
 // upgrades, 3xx and 5xx answers other than 502 and 504, and requests that
-// never reached the upstream.
+// never reached the upstream (reverse_proxy could not connect: a DialError).
 //
 // # Lost answers
 //
@@ -70,6 +70,11 @@ package writeguard
 // resource to see whether its change is there and, if it is not, to send
 // it again under a new key. The key is never released for such a write.
 //
+// The forwarded request does not carry Idempotency-Key (forward_key keeps
+// it): Go's HTTP transport takes a request with that field for one it may
+// send again on a new connection when the first broke before an answer,
+// which a backend that knows nothing of keys would apply twice.
+//
 // # Large answers
 //
 // The answer's status and its headers that describe the result (ETag,
@@ -77,8 +82,8 @@ package writeguard
 // Set-Cookie unless listed there) are always stored. Its body is stored
 // when it is at most `max_body`; a larger one is not, and its replay
 // carries the status and headers with an empty body and
-// Idempotent-Body-Omitted: true (Content-Type dropped). It is still never
-// applied twice.
+// Idempotent-Body-Omitted: true (Content-Type and Content-Encoding
+// dropped). It is still never applied twice.
 //
 // # Stores
 //
