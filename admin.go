@@ -27,6 +27,8 @@ func init() {
 //	GET    /write_guard/resource?key=<key> what the caches and Redis know of one resource
 //	DELETE /write_guard/resource?key=<key> forget it, so the next write asks the upstream
 //	DELETE /write_guard/resources          forget every resource's version, here and in Redis
+//	GET    /write_guard/idempotency?key=…  the record of an Idempotency-Key (admin_idempotency.go)
+//	DELETE /write_guard/idempotency?key=…  forget it: the next request with the key is served
 //
 // A key is written as the guard builds it, a site part and the path
 // ("example.com/notes/1"), but in any spelling that requests may use for
@@ -47,6 +49,7 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/write_guard/stats", Handler: caddy.AdminHandlerFunc(a.handleStats)},
 		{Pattern: "/write_guard/resource", Handler: caddy.AdminHandlerFunc(a.handleResource)},
 		{Pattern: "/write_guard/resources", Handler: caddy.AdminHandlerFunc(a.handleResources)},
+		{Pattern: "/write_guard/idempotency", Handler: caddy.AdminHandlerFunc(a.handleIdempotency)}, // admin_idempotency.go
 	}
 }
 

@@ -37,7 +37,12 @@ func (h *Handler) bufferBody(r *http.Request, mem *bufferedBody) (discard func()
 		}
 	}()
 	discard = func() {}
-	if r.Body == nil || r.Body == http.NoBody {
+	switch r.Body.(type) {
+	case nil, *bufferedBody, spooledBody:
+		// Nothing to read, or read already (by the idempotency step).
+		return discard, nil
+	}
+	if r.Body == http.NoBody {
 		return discard, nil
 	}
 	if r.ContentLength > h.MaxBody {
@@ -94,7 +99,7 @@ func (h *Handler) bufferBody(r *http.Request, mem *bufferedBody) (discard func()
 	}
 	// Each reader has its own offset, so a retry's copy does not disturb
 	// what an earlier attempt may still be reading.
-	r.Body = io.NopCloser(io.NewSectionReader(f, 0, total))
+	r.Body = spooledBody{io.NewSectionReader(f, 0, total)}
 	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(io.NewSectionReader(f, 0, total)), nil }
 	r.ContentLength = total
 	return remove, nil
@@ -120,6 +125,11 @@ func (b *bufferedBody) Close() error { return nil }
 func (b *bufferedBody) reread() (io.ReadCloser, error) {
 	return io.NopCloser(bytes.NewReader(b.data)), nil
 }
+
+// spooledBody is a request body held in a temporary file.
+type spooledBody struct{ *io.SectionReader }
+
+func (spooledBody) Close() error { return nil }
 
 // dropExpectation removes Expect from a request whose body is in hand.
 // Reading the body made Caddy's server answer the client's Expect:

@@ -54,6 +54,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			timeout        <duration>       # default: 1s
 //		}
 //		on_store_error  fail|local        # default: fail
+//		idempotency {                     # off by default; see unmarshalIdempotency
+//			...
+//		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -191,6 +194,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			continue // the block has been consumed
+		case "idempotency":
+			if err := h.unmarshalIdempotency(d); err != nil {
+				return err
+			}
+			continue
 		default:
 			return d.Errf("unrecognized subdirective %q", opt)
 		}

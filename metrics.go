@@ -122,6 +122,7 @@ var guardMetrics = sync.OnceValue(func() *metricSet {
 			Help: "Guarded writes waiting for their resource's lock.",
 		}, func() float64 { return float64(processState().locks.Waiting()) }),
 	}
+	m.collectors = append(m.collectors, idemMetrics().collectors...) // idempotency_metrics.go
 	return m
 })
 

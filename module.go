@@ -208,6 +208,11 @@ type Handler struct {
 	// "fail".
 	OnStoreError string `json:"on_store_error,omitempty"`
 
+	// Idempotency makes requests that carry an Idempotency-Key apply at
+	// most once, and answers their retries with the first answer
+	// (idempotency.go). Default: off.
+	Idempotency *IdempotencyConfig `json:"idempotency,omitempty"`
+
 	methods map[string]struct{}
 	// revalidateAlways caches Revalidate == "always".
 	revalidateAlways bool
@@ -249,6 +254,8 @@ type Handler struct {
 	store    store
 	versions versionSource
 	timeouts *writeTimeouts
+	// idem is the idempotency step, nil without `idempotency`.
+	idem     *idempotent
 	poolKeys []string
 	logger   *zap.Logger
 }
@@ -389,7 +396,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.poolKeys = append(h.poolKeys, key)
 		h.store = &redisStore{h: h, redis: shared.Store, unseen: shared.unseen}
 	}
-	return nil
+	return h.provisionIdempotency()
 }
 
 // choices lists the words each option of a few words takes, its default
@@ -487,6 +494,9 @@ func (h *Handler) Validate() error {
 	if h.OnStoreError != "" && !h.Store.redis() {
 		return fmt.Errorf("on_store_error applies only with store redis")
 	}
+	if err := h.Idempotency.validate(); err != nil {
+		return err
+	}
 	if h.MethodOverrideOff && len(h.MethodOverride) > 0 {
 		return fmt.Errorf("method_override: fields listed and turned off at once")
 	}
@@ -525,6 +535,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		method = m
 	}
+	if h.idem != nil && h.idem.applies(method) {
+		return h.serveIdempotent(w, r, next, method)
+	}
+	return h.serveMethod(w, r, next, method)
+}
+
+// serveMethod serves a request as its method (method, after any override)
+// says: guarded, a read, or passed through.
+func (h *Handler) serveMethod(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, method string) error {
 	switch _, guarded := h.methods[method]; {
 	case guarded:
 		return h.serveWrite(w, r, next, method)

@@ -37,6 +37,11 @@ const (
 	problemUpstreamFailed        = "upstream-failed"
 	problemInvalidMethodOverride = "invalid-method-override"
 	problemStoreUnavailable      = "store-unavailable"
+	problemIdemKeyInvalid        = "idempotency-key-invalid"
+	problemIdemKeyRequired       = "idempotency-key-required"
+	problemIdemKeyReused         = "idempotency-key-reused"
+	problemIdemInFlight          = "idempotency-in-flight"
+	problemIdemOutcomeUnknown    = "idempotency-outcome-unknown"
 )
 
 // problem is an RFC 9457 problem details object.
@@ -271,6 +276,63 @@ func refuseStoreUnavailable() *refusal {
 	}}
 }
 
+// --- idempotency-key-invalid, idempotency-key-required, idempotency-key-reused,
+// idempotency-in-flight, idempotency-outcome-unknown ---
+//
+// Counted in the idempotency metrics, not as outcomes of guarded writes:
+// they answer requests of methods the guard may not guard.
+
+func refuseInvalidIdempotencyKey(err error) *refusal {
+	return &refusal{uncounted: true, field: "Idempotency-Key", problem: problem{
+		Type:   problemIdemKeyInvalid,
+		Title:  "Invalid Idempotency-Key",
+		Status: http.StatusBadRequest,
+		Detail: fmt.Sprintf("%v. Send one key per logical operation as a quoted string of at most 255 printable ASCII characters, for example Idempotency-Key: \"8e03978e-40d5-43e8-bc93-6894a57f9324\", and the same key on every retry of that operation.", err),
+		Header: "Idempotency-Key",
+	}}
+}
+
+func refuseIdempotencyKeyRequired(method string) *refusal {
+	return &refusal{uncounted: true, field: "Idempotency-Key", problem: problem{
+		Type:   problemIdemKeyRequired,
+		Title:  "Idempotency-Key required",
+		Status: http.StatusBadRequest,
+		Detail: fmt.Sprintf("%s requests to this server must carry an Idempotency-Key, so that a retry is never applied twice. Generate a new key (a UUID, say) for this operation, send it as Idempotency-Key: \"<key>\", and send the same key on every retry of it.", method),
+		Header: "Idempotency-Key",
+	}}
+}
+
+func refuseIdempotencyKeyReused() *refusal {
+	return &refusal{uncounted: true, field: "Idempotency-Key", problem: problem{
+		Type:   problemIdemKeyReused,
+		Title:  "Idempotency-Key reused",
+		Status: http.StatusUnprocessableEntity,
+		Detail: "This Idempotency-Key was already used for another request (another body, target or Content-Type), so this one was not forwarded. A retry must repeat its request exactly; a new operation needs a new key.",
+		Header: "Idempotency-Key",
+	}}
+}
+
+func refuseIdempotencyInFlight() *refusal {
+	return &refusal{uncounted: true, field: "Idempotency-Key", problem: problem{
+		Type:       problemIdemInFlight,
+		Title:      "Request with this Idempotency-Key in progress",
+		Status:     http.StatusConflict,
+		Detail:     "An earlier request with this Idempotency-Key is still being served, so this one was not forwarded. Retry after the time given in Retry-After, with the same key and request: you will get the earlier request's answer.",
+		Header:     "Idempotency-Key",
+		retryAfter: 1,
+	}}
+}
+
+func refuseIdempotencyOutcomeUnknown() *refusal {
+	return &refusal{uncounted: true, field: "Idempotency-Key", problem: problem{
+		Type:   problemIdemOutcomeUnknown,
+		Title:  "Outcome of the request with this Idempotency-Key unknown",
+		Status: http.StatusConflict,
+		Detail: "An earlier request with this Idempotency-Key reached the upstream, but its answer was lost (the upstream failed or timed out before answering), so it may or may not have been applied; it is not forwarded again. GET the resource to see whether the change is there. If it is not, send the request again with a new Idempotency-Key.",
+		Header: "Idempotency-Key",
+	}}
+}
+
 // --- no problem body ---
 
 // serverFailed ends a write this server could not hold (its body could not
@@ -299,7 +361,9 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, ref *refusal) e
 		fields := []zap.Field{
 			zap.String("method", r.Method),
 			zap.String("path", r.URL.Path),
-			zap.Stringer("outcome", ref.outcome),
+		}
+		if !ref.uncounted {
+			fields = append(fields, zap.Stringer("outcome", ref.outcome))
 		}
 		if sent := preconditionFields(r); sent != "" {
 			fields = append(fields, zap.String("preconditions", sent))

@@ -142,12 +142,17 @@ func (wr *write) admit() *refusal {
 	if err == nil {
 		return nil
 	}
+	return bodyRefusal(wr.r, err)
+}
+
+// bodyRefusal answers a request whose body could not be read in full.
+func bodyRefusal(r *http.Request, err error) *refusal {
 	var tooLarge *http.MaxBytesError
 	var spool *spoolError
 	switch {
 	case errors.As(err, &tooLarge):
 		return refuseTooLarge(tooLarge.Limit)
-	case wr.r.Context().Err() != nil:
+	case r.Context().Err() != nil:
 		return refuseClientGone(err)
 	case errors.As(err, &spool):
 		// The write was fine; this server could not hold it.
@@ -397,6 +402,7 @@ func (wr *write) close() {
 func (wr *write) upstreamFailed(err error) error {
 	h := wr.h
 	guardMetrics().upstreamFailures.Inc()
+	idemForwardFailed(wr.r, err)
 	if wr.r.Context().Err() != nil {
 		return caddyhttp.Error(499, err) // the client is gone
 	}

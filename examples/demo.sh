@@ -42,7 +42,7 @@ show() {
 		if [[ $arg =~ ^[-A-Za-z0-9_./:=]+$ ]]; then line+=" $arg"; else line+=" '$arg'"; fi
 	done
 	echo "$line"
-	curl -s -i "$@" | tr -d '\r' | grep -iE '^(HTTP/|ETag|Content-Type|Retry-After|\{|\[)' || true
+	curl -s -i "$@" | tr -d '\r' | grep -iE '^(HTTP/|ETag|Content-Type|Retry-After|Idempotent-Replayed|\{|\[)' || true
 }
 etag() { curl -s -o /dev/null -D - "$base$1" | tr -d '\r' | sed -n 's/^[Ee][Tt]ag: //p'; }
 
@@ -76,6 +76,21 @@ curl -s -o /dev/null -w 'first:  %{http_code}\n' -X PUT -H "If-Match: $tag" -d '
 curl -s -o /dev/null -w 'second: %{http_code}\n' -X PUT -H "If-Match: $tag" -d '{"by":"bob"}' "$base/notes/1" &
 wait %3 %4 2>/dev/null || wait
 echo "final:  $(curl -s "$base/notes/1")"
+
+echo
+echo "==> A create whose answer was lost, retried with the same Idempotency-Key: the first answer, not a 412"
+show -X PUT -H 'If-None-Match: *' -H 'Idempotency-Key: "create-notes-3"' -d '{"title":"groceries"}' "$base/notes/3"
+show -X PUT -H 'If-None-Match: *' -H 'Idempotency-Key: "create-notes-3"' -d '{"title":"groceries"}' "$base/notes/3"
+echo "    The same retry without a key: the note exists, so 412"
+show -X PUT -H 'If-None-Match: *' -d '{"title":"groceries"}' "$base/notes/3"
+
+echo
+echo "==> A conditional write whose answer was lost, retried: its stored 200, though its If-Match is now stale"
+tag=$(etag /notes/3)
+show -X PUT -H "If-Match: $tag" -H 'Idempotency-Key: "edit-notes-3"' -d '{"title":"groceries","items":["tea"]}' "$base/notes/3"
+show -X PUT -H "If-Match: $tag" -H 'Idempotency-Key: "edit-notes-3"' -d '{"title":"groceries","items":["tea"]}' "$base/notes/3"
+echo "    The same key with another body: 422"
+show -X PUT -H "If-Match: $tag" -H 'Idempotency-Key: "edit-notes-3"' -d '{"title":"groceries","items":["coffee"]}' "$base/notes/3"
 
 if [ "${1:-}" = "--once" ]; then
 	exit 0
