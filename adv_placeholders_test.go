@@ -58,3 +58,33 @@ func TestAdvPlaceholdersInExpressionMatchers(t *testing.T) {
 		}
 	}
 }
+
+// A write let through, with an Idempotency-Key, shows its outcome and its
+// idempotency result to expression matchers as strings too.
+func TestAdvAllowedAndIdempotencyPlaceholdersInExpressions(t *testing.T) {
+	store := backend.New()
+	store.Put("/doc", []byte("v1"))
+	h := idemHandler(t, nil)
+	req := httptest.NewRequest("PUT", "http://example.com/doc", strings.NewReader("v2"))
+	req.Header.Set("If-Match", store.ETagOf([]byte("v1")))
+	req.Header.Set("Idempotency-Key", `"k-allowed"`)
+	w := httptest.NewRecorder()
+	req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, nil)
+	if err := h.ServeHTTP(w, req, storeHandler(store)); err != nil || w.Code != http.StatusOK {
+		t.Fatalf("write: %d %v", w.Code, err)
+	}
+	ctx, cancel := newCaddyContext()
+	defer cancel()
+	for _, expr := range []string{
+		`{http.write_guard.outcome} == "allowed"`,
+		`{http.write_guard.idempotency} == "new"`,
+	} {
+		m := &caddyhttp.MatchExpression{Expr: expr}
+		if err := m.Provision(ctx); err != nil {
+			t.Fatalf("%s: %v", expr, err)
+		}
+		if ok, err := m.MatchWithError(req); err != nil || !ok {
+			t.Errorf("%s: matched %v, error %v", expr, ok, err)
+		}
+	}
+}

@@ -634,7 +634,7 @@ func (ip *idempotent) replay(w http.ResponseWriter, a *idempotency.Answer) error
 // result shows what the step made of the request.
 func (ip *idempotent) result(r *http.Request, res idemResult) {
 	countIdemResult(res)
-	setPlaceholder(r, "http.write_guard.idempotency", res)
+	setPlaceholder(r, "http.write_guard.idempotency", (*placeholderString)(&idemResultNames[res]))
 }
 
 // outcomeOf returns the guard's outcome of r, when one was decided.
@@ -647,8 +647,16 @@ func outcomeOf(r *http.Request) (outcome, bool) {
 	if !ok {
 		return 0, false
 	}
-	o, ok := v.(outcome)
-	return o, ok
+	name, ok := v.(*placeholderString)
+	if !ok {
+		return 0, false
+	}
+	for o := range numOutcomes {
+		if outcomeNames[o] == string(*name) {
+			return o, true
+		}
+	}
+	return 0, false
 }
 
 // idemRecorder passes an answer to the client and keeps what a replay
