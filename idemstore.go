@@ -2,7 +2,6 @@ package writeguard
 
 import (
 	"context"
-	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -26,16 +25,22 @@ type pooledIdemMemory struct{ *idempotency.Memory }
 
 func (pooledIdemMemory) Destruct() error { return nil }
 
-// attachIdempotencyMemory returns the process's Memory of bound maxMemory.
+// attachIdempotencyMemory returns the process's Memory, bounded by
+// maxMemory from now on. There is one for the process whatever the bound:
+// a reload that changes max_memory must keep the records, finished and in
+// flight, or a retry through the new configuration would be applied again.
+// With handlers of different bounds, the last one provisioned sets it.
 func attachIdempotencyMemory(maxMemory int64) (*idempotency.Memory, string, error) {
-	key := fmt.Sprintf("write_guard.idempotency/memory/%d", maxMemory)
+	const key = "write_guard.idempotency/memory"
 	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return pooledIdemMemory{idempotency.NewMemory(idempotency.MemoryConfig{MaxBytes: maxMemory, OnEvict: countIdemEviction})}, nil
 	})
 	if err != nil {
 		return nil, "", err
 	}
-	return v.(pooledIdemMemory).Memory, key, nil
+	m := v.(pooledIdemMemory).Memory
+	m.SetMaxBytes(maxMemory)
+	return m, key, nil
 }
 
 // attachIdempotencyStore chooses the records' store for h, whose own store

@@ -74,6 +74,14 @@ func (m *Memory) Stats() MemoryStats {
 	return MemoryStats{Records: len(m.entries), Bytes: m.bytes, MaxBytes: m.max, Evicted: m.evicted}
 }
 
+// SetMaxBytes changes the bound; finished records are evicted, oldest
+// first, the next time one is stored while the bound is exceeded.
+func (m *Memory) SetMaxBytes(n int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.max = n
+}
+
 // current returns id's live entry, dropping it when it has expired.
 func (m *Memory) current(id string) *entry {
 	e := m.entries[id]
