@@ -166,7 +166,9 @@ func (ar *autoReader) WriteHeader(status int) {
 	}
 	if !ar.wroteHeader && status >= 200 && status < 300 && status != http.StatusPartialContent && ar.Header().Get("Etag") == "" {
 		ar.wroteHeader = true
-		hw := ar.s.hash.newHashingWriter(ar.ResponseWriter, ar.r, ar.head)
+		// With the stamp taken before the upstream was asked: a write that
+		// overtook this answer must keep it out of the cache.
+		hw := ar.s.hash.hashingWriterFor(ar.ResponseWriter, ar.r, ar.head, ar.learn, ar.key, ar.stamp)
 		if !ar.ifNoneMatch {
 			hw.ifNoneMatch = nil
 		}

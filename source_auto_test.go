@@ -306,3 +306,42 @@ func TestUpstreamETagsNeverSwitch(t *testing.T) {
 }
 
 var _ caddyhttp.Handler = (*taggedDoc)(nil)
+
+// A read of an untagged representation that a write overtook (its answer
+// was made before the write and arrives after it) must not teach the
+// cache the version it shows: a write naming that version would pass.
+func TestAutoOvertakenUntaggedReadTeachesNothing(t *testing.T) {
+	doc := newTaggedDoc("v1", func(string) string { return "" })
+	h := newTestHandler(t, &Handler{})
+	tag := serve(t, h, doc, "GET", "/doc", "").Header().Get("Etag")
+	h.cache.Wait()
+
+	answered, release := make(chan struct{}), make(chan struct{})
+	slowRead := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method != http.MethodGet || r.Header.Get("X-Slow") == "" {
+			return doc.ServeHTTP(w, r)
+		}
+		body := doc.current()
+		close(answered)
+		<-release // the write happens here
+		w.Header().Set("Last-Modified", time.Now().UTC().Format(http.TimeFormat))
+		io.WriteString(w, body)
+		return nil
+	})
+	done := make(chan string)
+	go func() {
+		done <- serve(t, h, slowRead, "GET", "/doc", "", "X-Slow: 1").Header().Get("Etag")
+	}()
+	<-answered
+	if w := serve(t, h, doc, "PUT", "/doc", "v2", "If-Match: "+tag); w.Code != http.StatusNoContent {
+		t.Fatalf("PUT: %d %s", w.Code, w.Body)
+	}
+	close(release)
+	if old := <-done; old != tag {
+		t.Fatalf("the overtaken read was tagged %q, want v1's %q", old, tag)
+	}
+	h.cache.Wait()
+	if w := serve(t, h, doc, "PUT", "/doc", "lost?", "If-Match: "+tag); w.Code != http.StatusPreconditionFailed {
+		t.Fatalf("PUT naming the version the overtaken read showed: %d (v2 lost)", w.Code)
+	}
+}
