@@ -345,3 +345,34 @@ func TestAutoOvertakenUntaggedReadTeachesNothing(t *testing.T) {
 		t.Fatalf("PUT naming the version the overtaken read showed: %d (v2 lost)", w.Code)
 	}
 }
+
+// A toggle set back (a body written before, whose tag a write replaced)
+// brings an older tag back: no evidence when a PUT through the guard made
+// that tag with that body.
+func TestAutoToggleSetBackIsNoEvidence(t *testing.T) {
+	doc := newTaggedDoc("new", contentTag)
+	h := newTestHandler(t, &Handler{})
+	serve(t, h, doc, "GET", "/doc", "")
+	h.cache.Wait()
+	tag := contentTag("new")
+	for _, body := range []string{"off", "on", "off", "on", "off"} {
+		w := serve(t, h, doc, "PUT", "/doc", body, "If-Match: "+tag)
+		if w.Code != http.StatusNoContent {
+			t.Fatalf("PUT %s: %d %s", body, w.Code, w.Body)
+		}
+		tag = contentTag(body)
+	}
+	if h.reused.untrusted("example.com") {
+		t.Fatalf("a toggle switched the site: %+v", h.reused.list())
+	}
+	// A tag of the size alone brings back a tag with another body: that is
+	// evidence.
+	bySize := newTaggedDoc("aa", func(b string) string { return `"` + strings.Repeat("x", len(b)) + `"` })
+	h2 := newTestHandler(t, &Handler{})
+	for _, step := range [][2]string{{`"xx"`, "bbb"}, {`"xxx"`, "cc"}} {
+		serve(t, h2, bySize, "PUT", "/doc", step[1], "If-Match: "+step[0])
+	}
+	if !h2.reused.untrusted("example.com") {
+		t.Fatal("a size tag that came back with another body was trusted")
+	}
+}
