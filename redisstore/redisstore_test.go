@@ -589,7 +589,7 @@ func TestVersionFlagsRoundTrip(t *testing.T) {
 	lm := time.Unix(1_700_000_000, 0).UTC()
 	for _, v := range []etagcache.Version{
 		{Exists: true, ETag: `"g"`, LastModified: lm, Guard: true, Crowded: true, TagsReused: true, Superseded: []string{`"route"`}},
-		{Exists: true, ETag: `"u"`, ReplacedDate: lm},
+		{Exists: true, ETag: `"u"`, ReplacedDate: lm, FromAnswer: true},
 		{Exists: true, ETag: `"plain"`, LastModified: lm},
 		{},
 	} {
