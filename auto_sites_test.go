@@ -80,5 +80,14 @@ func TestAutoSwitchReachesOtherInstancesBeforeTheyLoseAnUpdate(t *testing.T) {
 		if got := docs["/r2"].current(); got != "n=1 (w)" {
 			t.Errorf("/r2 holds %q: W's acknowledged write is lost", got)
 		}
+		// X does what the 412 says, through b: it reads again and gets a
+		// tag it can write with, not the upstream's once more.
+		again := get(b, "/r2")
+		if again == x {
+			t.Fatalf("b hands out the upstream's tag %s again: X can never write", x)
+		}
+		if code := put(b, "/r2", "n=2 (x)", again); code != http.StatusNoContent {
+			t.Errorf("X's write after reading again through b: %d", code)
+		}
 	})
 }

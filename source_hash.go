@@ -936,7 +936,7 @@ func (tw *taggingWriter) complete(err error) error {
 	case tw.auto == nil:
 		_, v, known, perr = h.versions.probe(r, wr.next)
 	case tw.guarded:
-		_, v, known, perr = tw.auto.hash.probe(r, wr.next)
+		v, known, perr = tw.auto.guardedAfterWrite(wr, r)
 	default:
 		v, known, perr = tw.auto.afterWrite(wr, r, tw.answerTag)
 	}
