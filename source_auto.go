@@ -90,6 +90,7 @@ func (s *autoVersions) serveRead(w http.ResponseWriter, r *http.Request, next ca
 	if ar.learn {
 		ar.key = h.resourceKey(r)
 		ar.stamp = h.cache.Stamp(ar.key)
+		r = h.withoutAmbiguousDate(r, ar.key)
 	}
 	hdr := r.Header
 	_, inm := hdr["If-None-Match"]

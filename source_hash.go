@@ -191,6 +191,9 @@ func (s *hashVersions) serveRead(w http.ResponseWriter, r *http.Request, next ca
 	// A panic (reverse_proxy's abort when the upstream's body breaks off)
 	// must leave no flush timer to write on a response that is gone.
 	defer hw.abandon()
+	if hw.learn {
+		r = h.withoutAmbiguousDate(r, hw.key)
+	}
 	err := hw.serveNext(next, withoutValidators(r))
 	return hw.finish(err)
 }
