@@ -2,7 +2,8 @@
 // backend against plain reverse_proxy, on loopback: throughput, latency and
 // CPU per request for GETs and conditional PUTs (wrk), alternating the two
 // setups A/B/B/A and printing medians and ratios; then 64 writers on one
-// resource, and the lost-update workload with and without the guard.
+// resource, the lost-update workload with and without the guard, and
+// writes validated by If-Unmodified-Since on one resource without an ETag.
 //
 //	go run ./bench/loadbench -caddy bin/caddy
 //
