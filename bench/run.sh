@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Builds the same Caddy as CI (xcaddy.json) and runs the load benchmark:
 # plain reverse_proxy against write_guard + reverse_proxy on loopback,
-# alternating A/B/B/A, then 64 writers on one resource and the lost-update
-# workload. Arguments go to bench/loadbench (see -help). Bounded: about
-# 4 × reps × duration per workload, plus the contention runs.
+# alternating A/B/B/A (GETs of tagged resources, GETs of untagged ones that
+# etags auto hashes, conditional PUTs), then 64 writers on one resource, the
+# lost-update workload and date-validated writes on one resource.
+# Arguments go to bench/loadbench (see -help); -before-caddy bin measures a
+# Caddy built from an earlier commit beside this one. Bounded: about
+# 4 × reps × duration per workload, plus the contention and date runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

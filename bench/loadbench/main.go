@@ -2,7 +2,8 @@
 // backend against plain reverse_proxy, on loopback: throughput, latency and
 // CPU per request for GETs and conditional PUTs (wrk), alternating the two
 // setups A/B/B/A and printing medians and ratios; then 64 writers on one
-// resource, and the lost-update workload with and without the guard.
+// resource, the lost-update workload with and without the guard, and
+// writes validated by If-Unmodified-Since on one resource without an ETag.
 //
 //	go run ./bench/loadbench -caddy bin/caddy
 //
@@ -48,9 +49,15 @@ func main() {
 	contention := flag.Duration("contention", 10*time.Second, "length of the contention and lost-update runs")
 	memLimit := flag.String("gc-memlimit", "256MiB", "run every process with GOGC=off and this GOMEMLIMIT (empty: Go's defaults)")
 	profile := flag.Duration("profile", 20*time.Second, "length of the profiled run after each workload (0: none)")
-	phases := flag.String("phases", "wrk,contention,lost", "what to run: wrk (the A/B/B/A runs), contention, lost (the lost-update workload)")
+	phases := flag.String("phases", "wrk,contention,lost,dates", "what to run: wrk (the A/B/B/A runs), contention, lost (the lost-update workload), dates (writes validated by If-Unmodified-Since on one resource)")
 	keep := flag.String("keep-profiles", "", "directory to keep each profiled run's CPU profile in, named after its setup (empty: none kept)")
 	only := flag.String("workloads", "", "run only the A/B/B/A workloads whose name contains this (empty: all)")
+	beforeBin := flag.String("before-caddy", "", "a Caddy built from an earlier commit: its plain reverse_proxy and write_guard run beside this build's in the GET workloads, interleaved, and its write_guard in the date-validated runs (empty: none)")
+	untaggedSizes := flag.String("untagged-sizes", "1KiB,100KiB,5MiB", "body sizes of the GET workloads in front of resources without an ETag (comma-separated; empty: none)")
+	dateClients := flag.Int("date-clients", 8, "clients of the date-validated write runs")
+	dateDuration := flag.Duration("date-duration", 15*time.Second, "length of each date-validated write run")
+	profileRounds := flag.Int("profile-rounds", 1, "profiled runs of each guarded setup per workload, alternating between setups when there are two")
+	profileTop := flag.Int("profile-top", 6, "how many of the guard's functions to list with their share of the samples (the first frame of the guard above each sample)")
 	flag.Parse()
 	run := func(phase string) bool { return slices.Contains(strings.Split(*phases, ","), phase) }
 
@@ -108,7 +115,18 @@ func main() {
 	} else {
 		fmt.Println("redis-server not found: store redis is not measured (Debian: apt-get install redis-server)")
 	}
+	// The earlier build's pair, on ports of their own, started last so
+	// that the setups above keep their ports whatever is measured.
+	var plainBefore, guardedBefore *setup
+	if *beforeBin != "" {
+		plainBefore = &setup{name: "reverse_proxy (before)", port: 18096, guard: "", bin: *beforeBin}
+		guardedBefore = &setup{name: "write_guard (before)", port: 18097, guard: "write_guard", bin: *beforeBin}
+		setups = append(setups, plainBefore, guardedBefore)
+	}
 	for _, s := range setups {
+		if s.bin == "" {
+			s.bin = *caddyBin
+		}
 		cfg := filepath.Join(dir, strconv.Itoa(s.port)+".Caddyfile")
 		os.WriteFile(cfg, []byte(fmt.Sprintf(`{
 	admin %s
@@ -123,13 +141,16 @@ func main() {
 	reverse_proxy %s
 }
 `, s.admin(), s.port, s.guard, backendAddr)), 0o644)
-		s.cmd = start(*serverCPU, *caddyBin, "run", "--config", cfg, "--adapter", "caddyfile")
+		s.cmd = start(*serverCPU, s.bin, "run", "--config", cfg, "--adapter", "caddyfile")
 	}
 	for _, s := range setups {
 		waitUp(s.url() + "/r/1")
 	}
 	fmt.Printf("pinning: Caddy (every setup) and the backend on CPUs %s, wrk on CPUs %s; %d connections, %v per run, %d A/B/B/A rounds\n",
 		*serverCPU, *loadCPU, *conns, *duration, *reps)
+	if plainBefore != nil {
+		fmt.Printf("earlier build: %s, measured in the GET workloads in A/B/C/D/D/C/B/A order with this one's\n", *beforeBin)
+	}
 	if *memLimit != "" {
 		// Go collects garbage when the heap has grown by GOGC percent of the
 		// live heap. The guard's cache makes the live heap larger, so left
@@ -146,14 +167,30 @@ func main() {
 
 	if run("wrk") {
 		workloads := []workload{
-			{name: "GET, version known", script: getScript, guarded: setups[1]},
-			{name: "PUT, If-Match naming the version the previous write made (cache hit but for a resource's first write)", script: putScript, guarded: setups[1]},
-			{name: "PUT, If-Match, version asked of the upstream under the lock (as on a cache miss)", script: putScript, guarded: setups[2]},
+			{name: "GET, version known", script: getScript, guarded: setups[1], before: true},
 		}
+		for _, size := range strings.Split(*untaggedSizes, ",") {
+			if size == "" {
+				continue
+			}
+			n, err := parseSize(size)
+			if err != nil {
+				log.Fatal(err)
+			}
+			workloads = append(workloads, workload{
+				name:    fmt.Sprintf("GET without an ETag (Last-Modified only), %s body: etags auto tags it", size),
+				script:  fmt.Sprintf(untaggedGetScript, n),
+				guarded: setups[1],
+			})
+		}
+		workloads = append(workloads,
+			workload{name: "PUT, If-Match naming the version the previous write made (cache hit but for a resource's first write)", script: putScript, guarded: setups[1]},
+			workload{name: "PUT, If-Match, version asked of the upstream under the lock (as on a cache miss)", script: putScript, guarded: setups[2]},
+		)
 		if redisSetup != nil {
 			workloads = append(workloads, workload{name: "PUT as above, store redis against store memory", script: putScript, plain: setups[1], guarded: redisSetup})
 		}
-		for _, wl := range workloads {
+		for wi, wl := range workloads {
 			if !strings.Contains(wl.name, *only) {
 				continue
 			}
@@ -163,30 +200,70 @@ func main() {
 			if wl.plain != nil {
 				plain = wl.plain
 			}
+			// A/B/B/A, or with the earlier build A/B/C/D/D/C/B/A: every
+			// setup is measured as often early as late in a round.
+			order := []*setup{plain, guarded}
+			profiled := []*setup{guarded}
+			if wl.before && guardedBefore != nil {
+				order = append(order, guardedBefore, plainBefore)
+				profiled = append(profiled, guardedBefore)
+			}
 			results := map[*setup][]result{}
-			for _, s := range []*setup{plain, guarded} { // warm up: connections, the guard's cache
+			for _, s := range order { // warm up: connections, the guard's cache
 				runWrk(*loadCPU, 2, *conns, 2*time.Second, luaFile, s, false)
 			}
 			for range *reps {
-				for _, s := range []*setup{plain, guarded, guarded, plain} {
+				for _, s := range order {
+					results[s] = append(results[s], runWrk(*loadCPU, 2, *conns, *duration, luaFile, s, true))
+				}
+				for _, s := range slices.Backward(order) {
 					results[s] = append(results[s], runWrk(*loadCPU, 2, *conns, *duration, luaFile, s, true))
 				}
 			}
 			report(wl.name, plain.name, guarded.name, results[plain], results[guarded], perf)
-			// One more guarded run, profiled: at 100 samples a second, a
-			// share of a few percent needs a long one.
+			if len(profiled) > 1 {
+				report(wl.name+", earlier build", plainBefore.name, guardedBefore.name, results[plainBefore], results[guardedBefore], perf)
+				now := median(costs(results[guarded])) / median(costs(results[plain]))
+				then := median(costs(results[guardedBefore])) / median(costs(results[plainBefore]))
+				fmt.Printf("  CPU per request, write_guard over reverse_proxy: %.3f now, %.3f before; write_guard now over before: %.3f\n",
+					now, then, median(costs(results[guarded]))/median(costs(results[guardedBefore])))
+			}
+			// Profiled runs of the guarded setups: at 100 samples a second,
+			// a share of a few percent needs a long one.
 			if *profile > 0 {
-				share := make(chan float64, 1)
-				go func() {
-					v, err := guardShare(guarded.admin(), *caddyBin, dir, *profile, *keep)
-					if err != nil {
-						log.Printf("profile: %v", err)
+				shares := map[*setup][]float64{}
+				for round := range *profileRounds {
+					seq := profiled
+					if round%2 == 1 {
+						seq = slices.Clone(profiled)
+						slices.Reverse(seq)
 					}
-					share <- v
-				}()
-				runWrk(*loadCPU, 2, *conns, *profile+time.Second, luaFile, guarded, false)
-				if v := <-share; v > 0 {
-					fmt.Printf("  the guard's share of %s's CPU samples (pprof, %v): %.1f%%, so a throughput ratio of about %.3f where Caddy is the bottleneck\n", guarded.name, *profile, v*100, 1-v)
+					for _, s := range seq {
+						p := make(chan profileResult, 1)
+						go func() {
+							name := fmt.Sprintf("w%d-%s-%d", wi, s.name, round)
+							r, err := guardShare(s.admin(), s.bin, dir, *profile, *keep, name)
+							if err != nil {
+								log.Printf("profile: %v", err)
+							}
+							p <- r
+						}()
+						runWrk(*loadCPU, 2, *conns, *profile+time.Second, luaFile, s, false)
+						r := <-p
+						if r.total == 0 {
+							continue
+						}
+						shares[s] = append(shares[s], r.share())
+						fmt.Printf("  the guard's share of %s's CPU samples (pprof, %v): %.1f%% of %.0f samples, so a throughput ratio of about %.3f where Caddy is the bottleneck\n",
+							s.name, *profile, r.share()*100, r.total*100, 1-r.share())
+						for _, f := range r.top(*profileTop) {
+							fmt.Printf("      %5.2f%%  %s\n", f.share*100, f.name)
+						}
+					}
+				}
+				if len(profiled) > 1 && len(shares[guarded]) > 0 && len(shares[guardedBefore]) > 0 {
+					fmt.Printf("  the guard's share, medians: %.2f%% now, %.2f%% before: %+.2f points\n",
+						median(shares[guarded])*100, median(shares[guardedBefore])*100, (median(shares[guarded])-median(shares[guardedBefore]))*100)
 				}
 			}
 		}
@@ -220,6 +297,126 @@ func main() {
 	if run("lost") {
 		lostUpdates(setups[0].url(), setups[1].url(), *contention)
 	}
+	if run("dates") {
+		fmt.Printf("\nwrites validated by their date: %d clients on one resource without an ETag (Last-Modified in seconds), each a GET and a PUT of the value read plus one, %v per run, upstream write %v\n",
+			*dateClients, *dateDuration, *writeDelay)
+		fmt.Printf("  %-24s %-20s %9s %9s %9s %7s %6s %12s %12s\n", "through", "precondition", "acked", "writes/s", "refused", "other", "lost", "mean ack", "slowest ack")
+		runs := []struct {
+			s     *setup
+			field string
+		}{{setups[0], "If-Unmodified-Since"}, {setups[1], "If-Unmodified-Since"}, {setups[1], "If-Match"}}
+		if guardedBefore != nil {
+			runs = append(runs, struct {
+				s     *setup
+				field string
+			}{guardedBefore, "If-Unmodified-Since"})
+		}
+		for _, r := range runs {
+			dateWrites(r.s, r.field, *dateClients, *dateDuration)
+		}
+	}
+}
+
+// dateWrites runs clients that each read one resource and write it back
+// incremented with field (If-Unmodified-Since: the Last-Modified read, or
+// If-Match: the ETag read), for d, and reports the writes acknowledged per
+// second, the refusals and the acknowledged writes the counter lacks.
+func dateWrites(s *setup, field string, clients int, d time.Duration) {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients}, Timeout: 60 * time.Second}
+	url := fmt.Sprintf("%s/d/%s-%s-%d", s.url(), strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(s.name), field, time.Now().UnixNano())
+	first := counter(client, url)
+	began := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var acked, refused, other atomic.Int64
+	var mu sync.Mutex
+	var ackTimes []time.Duration
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				resp, err := client.Get(url)
+				if err != nil {
+					other.Add(1)
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				n, err := strconv.Atoi(string(body))
+				if err != nil {
+					other.Add(1)
+					continue
+				}
+				req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader(strconv.Itoa(n+1)))
+				switch field {
+				case "If-Match":
+					req.Header.Set("If-Match", resp.Header.Get("ETag"))
+				default:
+					req.Header.Set("If-Unmodified-Since", resp.Header.Get("Last-Modified"))
+				}
+				sent := time.Now()
+				resp, err = client.Do(req)
+				if err != nil {
+					other.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				switch {
+				case resp.StatusCode >= 200 && resp.StatusCode < 300:
+					acked.Add(1)
+					mu.Lock()
+					ackTimes = append(ackTimes, time.Since(sent))
+					mu.Unlock()
+				case resp.StatusCode == http.StatusPreconditionFailed:
+					refused.Add(1)
+				default:
+					other.Add(1)
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// A write held for its date may be answered after d: the rate is over
+	// the time until the last answer.
+	elapsed := time.Since(began)
+	lost := acked.Load() - int64(counter(client, url)-first)
+	var mean, slowest time.Duration
+	for _, t := range ackTimes {
+		mean += t
+		slowest = max(slowest, t)
+	}
+	if len(ackTimes) > 0 {
+		mean /= time.Duration(len(ackTimes))
+	}
+	fmt.Printf("  %-24s %-20s %9d %9.2f %9d %7d %6d %12v %12v\n", s.name, field, acked.Load(), float64(acked.Load())/elapsed.Seconds(), refused.Load(), other.Load(), lost,
+		mean.Round(time.Millisecond), slowest.Round(time.Millisecond))
+}
+
+func costs(rs []result) []float64 {
+	var xs []float64
+	for _, r := range rs {
+		xs = append(xs, r.perReq)
+	}
+	return xs
+}
+
+// parseSize reads 1KiB, 100KiB, 5MiB (or a count of bytes).
+func parseSize(s string) (int, error) {
+	for _, u := range []struct {
+		suffix string
+		scale  int
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"KB", 1000}, {"MB", 1000 * 1000}, {"B", 1}, {"", 1}} {
+		if strings.HasSuffix(s, u.suffix) {
+			n, err := strconv.Atoi(strings.TrimSuffix(s, u.suffix))
+			if err != nil {
+				return 0, fmt.Errorf("size %q: %v", s, err)
+			}
+			return n * u.scale, nil
+		}
+	}
+	return 0, fmt.Errorf("size %q", s)
 }
 
 const backendAddr = "127.0.0.1:18090"
@@ -228,7 +425,9 @@ type setup struct {
 	name  string
 	port  int
 	guard string
-	cmd   *exec.Cmd
+	// bin is the Caddy binary it runs; its symbols resolve the profiles.
+	bin string
+	cmd *exec.Cmd
 }
 
 // admin is the setup's admin endpoint, which serves its CPU profiles.
@@ -241,6 +440,9 @@ type workload struct {
 	guarded      *setup
 	// plain is what guarded is compared with; nil: plain reverse_proxy.
 	plain *setup
+	// before: the earlier build's pair is measured beside this one's, when
+	// there is one.
+	before bool
 }
 
 // 10,000 resources, each with a version that never changes: a PUT always
@@ -250,6 +452,17 @@ local n = 0
 request = function()
   n = n + 1
   return wrk.format("GET", "/r/" .. (n % 10000))
+end
+`
+
+// 10,000 resources without an ETag, each with a Last-Modified that never
+// changes and a body of %d bytes: with etags auto the guard hashes every
+// answer to give it a tag.
+const untaggedGetScript = `
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/n/%[1]d/" .. (n %% 10000))
 end
 `
 
@@ -596,7 +809,10 @@ func counter(client *http.Client, url string) int {
 // serveBackend is the fast backend: /r/<n> are 10,000 resources whose
 // version never changes (GET and PUT answer at once with ETag "v1"); /hot/<name>
 // are counters applied last-writer-wins after -write-delay, with a strong
-// ETag per value.
+// ETag per value; /n/<size>/<n> are resources of size bytes without an
+// ETag, with a Last-Modified that never changes; /d/<name> are counters
+// without an ETag whose Last-Modified is the second of their last write,
+// which check If-Unmodified-Since at that resolution, as file servers do.
 func serveBackend(args []string) {
 	fs := flag.NewFlagSet("backend", flag.ExitOnError)
 	listen := fs.String("listen", "127.0.0.1:18090", "")
@@ -645,6 +861,80 @@ func serveBackend(args []string) {
 			n := versions[r.URL.Path]
 			mu.Unlock()
 			w.Header().Set("ETag", fmt.Sprintf(`"c%d"`, n))
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.WriteHeader(http.StatusMethodNotAllowed)
+		}
+	})
+	var bodiesMu sync.Mutex
+	bodies := map[int][]byte{}
+	const untaggedDate = "Tue, 01 Dec 2026 10:00:00 GMT"
+	mux.HandleFunc("/n/", func(w http.ResponseWriter, r *http.Request) {
+		first, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/n/"), "/")
+		size, err := strconv.Atoi(first)
+		if err != nil || size < 0 || size > 64<<20 {
+			http.Error(w, "no such size", http.StatusNotFound)
+			return
+		}
+		bodiesMu.Lock()
+		body, ok := bodies[size]
+		if !ok {
+			body = make([]byte, size)
+			for i := range body {
+				body[i] = 'a' + byte(i%26)
+			}
+			bodies[size] = body
+		}
+		bodiesMu.Unlock()
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			w.Header().Set("Last-Modified", untaggedDate)
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Content-Length", strconv.Itoa(size))
+			if r.Method == http.MethodGet {
+				w.Write(body)
+			}
+		default:
+			w.WriteHeader(http.StatusMethodNotAllowed)
+		}
+	})
+	dated := map[string]time.Time{}
+	mux.HandleFunc("/d/", func(w http.ResponseWriter, r *http.Request) {
+		key := r.URL.Path
+		switch r.Method {
+		case http.MethodGet, http.MethodHead:
+			mu.Lock()
+			n, lm := counters[key], dated[key]
+			mu.Unlock()
+			if lm.IsZero() {
+				lm = time.Unix(1764583200, 0) // 2025-12-01 10:00:00 UTC
+			}
+			w.Header().Set("Last-Modified", lm.UTC().Format(http.TimeFormat))
+			w.Header().Set("Content-Type", "text/plain")
+			if r.Method == http.MethodGet {
+				io.WriteString(w, strconv.Itoa(n))
+			}
+		case http.MethodPut:
+			body, _ := io.ReadAll(r.Body)
+			n, err := strconv.Atoi(string(body))
+			if err != nil {
+				http.Error(w, "not a number", http.StatusBadRequest)
+				return
+			}
+			if ius, err := http.ParseTime(r.Header.Get("If-Unmodified-Since")); err == nil {
+				mu.Lock()
+				lm := dated[key]
+				mu.Unlock()
+				if lm.Unix() > ius.Unix() {
+					w.WriteHeader(http.StatusPreconditionFailed)
+					return
+				}
+			}
+			time.Sleep(*delay)
+			mu.Lock()
+			counters[key] = n
+			dated[key] = time.Now()
+			mu.Unlock()
 			w.WriteHeader(http.StatusNoContent)
 		default:
 			w.WriteHeader(http.StatusMethodNotAllowed)

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -16,44 +17,76 @@ import (
 // one process, which the noise between runs on a shared machine does not
 // touch.
 //
-// keep, when not empty, is a directory where the profile is kept.
-func guardShare(adminAddr, caddyBin, dir string, d time.Duration, keep string) (float64, error) {
+// keep, when not empty, is a directory where the profile is kept, named
+// after name.
+func guardShare(adminAddr, caddyBin, dir string, d time.Duration, keep, name string) (profileResult, error) {
+	var r profileResult
 	resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", adminAddr, int(d.Seconds())))
 	if err != nil {
-		return 0, err
+		return r, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("profile: %s", resp.Status)
+		return r, fmt.Errorf("profile: %s", resp.Status)
 	}
 	file := dir + "/cpu.prof"
 	f, err := os.Create(file)
 	if err != nil {
-		return 0, err
+		return r, err
 	}
 	_, err = io.Copy(f, resp.Body)
 	f.Close()
 	if err != nil {
-		return 0, err
+		return r, err
 	}
 	if keep != "" {
-		name := strings.NewReplacer(":", "_", "/", "_").Replace(adminAddr)
+		name = strings.NewReplacer(":", "_", "/", "_", " ", "_", "(", "", ")", "").Replace(name)
 		if err := os.MkdirAll(keep, 0o755); err != nil {
-			return 0, err
+			return r, err
 		}
 		if err := exec.Command("cp", file, keep+"/cpu-"+name+".prof").Run(); err != nil {
-			return 0, err
+			return r, err
 		}
 	}
 	out, err := exec.Command("go", "tool", "pprof", "-traces", caddyBin, file).Output()
 	if err != nil {
-		return 0, fmt.Errorf("go tool pprof: %v", err)
+		return r, fmt.Errorf("go tool pprof: %v", err)
 	}
-	guard, total := attribute(string(out))
-	if total == 0 {
-		return 0, fmt.Errorf("empty profile")
+	r = attribute(string(out))
+	if r.total == 0 {
+		return r, fmt.Errorf("empty profile")
 	}
-	return guard / total, nil
+	return r, nil
+}
+
+// profileResult is a profile's samples (in seconds of CPU), those spent in
+// the guard, and those by the first frame of the guard above the sample.
+type profileResult struct {
+	guard, total float64
+	byFunc       map[string]float64
+}
+
+func (r profileResult) share() float64 {
+	if r.total == 0 {
+		return 0
+	}
+	return r.guard / r.total
+}
+
+type funcShare struct {
+	name  string
+	share float64
+}
+
+// top lists the n functions of the guard with the most samples, as shares
+// of all samples.
+func (r profileResult) top(n int) []funcShare {
+	var fs []funcShare
+	for name, v := range r.byFunc {
+		fs = append(fs, funcShare{name, v / r.total})
+	}
+	sort.Slice(fs, func(i, j int) bool { return fs[i].share > fs[j].share })
+	return fs[:min(n, len(fs))]
 }
 
 // attribute sums the samples of `pprof -traces` output, and those of them
@@ -63,7 +96,8 @@ func guardShare(adminAddr, caddyBin, dir string, d time.Duration, keep string) (
 // so allocation and scheduling done on the guard's behalf count, and the
 // work of reverse_proxy and of Caddy's response writers, even when called
 // through the guard, does not.
-func attribute(traces string) (guard, total float64) {
+func attribute(traces string) (r profileResult) {
+	r.byFunc = map[string]float64{}
 	for _, block := range strings.Split(traces, "-----------+-------------------------------------------------------") {
 		lines := strings.Split(strings.TrimSpace(block), "\n")
 		if len(lines) == 0 {
@@ -78,14 +112,15 @@ func attribute(traces string) (guard, total float64) {
 			continue
 		}
 		frames := append([]string{fields[1]}, lines[1:]...)
-		total += v
+		r.total += v
 	walk:
 		for _, fr := range frames {
 			fr = strings.TrimSpace(fr)
 			switch {
 			case strings.HasPrefix(fr, "github.com/writeguard/caddy-writeguard"),
 				strings.HasPrefix(fr, "github.com/dgraph-io/ristretto"):
-				guard += v
+				r.guard += v
+				r.byFunc[strings.TrimPrefix(fr, "github.com/writeguard/caddy-writeguard.")] += v
 				break walk
 			case strings.Contains(fr, "reverseproxy.(*Handler).ServeHTTP"),
 				strings.Contains(fr, "caddyhttp.(*ResponseWriterWrapper)"),
@@ -96,7 +131,7 @@ func attribute(traces string) (guard, total float64) {
 			}
 		}
 	}
-	return guard, total
+	return r
 }
 
 func duration(s string) (float64, bool) {
