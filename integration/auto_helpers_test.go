@@ -87,9 +87,10 @@ func counterMoved(t *testing.T, before, after map[string]float64, name string) f
 	return a - b
 }
 
-// startLoggedCaddy is startCaddy with Caddy's log written as JSON, from
-// Warn up, to a file the test can read (the returned function reads it).
-func startLoggedCaddy(t *testing.T, site string) (*caddytest.Tester, func() string) {
+// startLoggedSites is startSites with Caddy's log written as JSON, from
+// Warn up, to the file it returns, so that the test can read what the
+// guard logged. Reloads pass the file to loggedConfig.
+func startLoggedSites(t *testing.T, sites string) (*caddytest.Tester, string) {
 	t.Helper()
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	t.Cleanup(func() {
@@ -100,20 +101,32 @@ func startLoggedCaddy(t *testing.T, site string) (*caddytest.Tester, func() stri
 		unloadSites(t)
 	})
 	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{TestRequestTimeout: 30 * time.Second})
-	tester.InitServer(loggedConfig(logFile, site), "caddyfile")
+	tester.InitServer(loggedConfig(logFile, sites), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}
-	return tester, func() string {
-		b, _ := os.ReadFile(logFile)
-		return string(b)
-	}
+	return tester, logFile
 }
 
-// loggedConfig is the whole config of startLoggedCaddy.
-func loggedConfig(logFile, site string) string {
-	return strings.Replace(globalOptions, "grace_period 1ns", "grace_period 1ns\n\tlog {\n\t\toutput file "+logFile+"\n\t\tformat json\n\t\tlevel WARN\n\t}", 1) +
-		":9080 {\n" + site + "\n}\n"
+// loggedConfig is a whole config of startLoggedSites.
+func loggedConfig(logFile, sites string) string {
+	return strings.Replace(globalOptions, "grace_period 1ns", "grace_period 1ns\n\tlog {\n\t\toutput file "+logFile+"\n\t\tformat json\n\t\tlevel WARN\n\t}", 1) + sites
+}
+
+// loggedLines returns the lines of the log file that contain snippet.
+func loggedLines(t *testing.T, logFile, snippet string) []string {
+	t.Helper()
+	b, err := os.ReadFile(logFile)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, snippet) {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }
 
 // countersAt is a store of counters at 0 in the given style, each write
