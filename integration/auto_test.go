@@ -112,6 +112,10 @@ func TestAutoNoETagsIfMatchClients(t *testing.T) {
 	if res.hashed == 0 {
 		t.Errorf("the guard hashed nothing in front of a backend without ETags")
 	}
+	r := do(t, http.DefaultClient, "GET", counters[0], "")
+	if tag := r.header.Get("ETag"); tag != guardTag([]byte(r.body)) {
+		t.Errorf("GET %s: ETag %q, want the guard's tag of the body, %s", counters[0], tag, guardTag([]byte(r.body)))
+	}
 }
 
 // The same backend, with clients that send If-Unmodified-Since with the

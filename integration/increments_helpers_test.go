@@ -220,8 +220,13 @@ func (wl *incrementWorkload) requireNoneLost(t *testing.T, setup string, read fu
 	t.Helper()
 	o := wl.result(t, read)
 	t.Logf("%s, through write_guard: %s", setup, wl.summary(o))
-	if o.lost != 0 {
+	switch {
+	case o.lost > 0:
 		t.Errorf("%s: write_guard lost %d of %d acknowledged increments", setup, o.lost, o.acked)
+	case o.lost < 0:
+		// Writes whose answer never came were applied; they could hide
+		// as many lost ones.
+		t.Errorf("%s: the counters hold %d increments more than were acknowledged (%d writes failed without an answer)", setup, -o.lost, wl.errors.Load())
 	}
 	if n := wl.gaveUp.Load(); n != 0 {
 		t.Errorf("%s: %d of %d clients gave up (%d attempts per increment, or the deadline)", setup, n, wl.clients, wl.maxAttempts)
