@@ -50,6 +50,7 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/write_guard/resource", Handler: caddy.AdminHandlerFunc(a.handleResource)},
 		{Pattern: "/write_guard/resources", Handler: caddy.AdminHandlerFunc(a.handleResources)},
 		{Pattern: "/write_guard/idempotency", Handler: caddy.AdminHandlerFunc(a.handleIdempotency)}, // admin_idempotency.go
+		{Pattern: "/write_guard/etag_sources", Handler: caddy.AdminHandlerFunc(a.handleETagSources)},
 	}
 }
 
@@ -95,6 +96,9 @@ type statsResponse struct {
 	// can evict the guard's keys (which loses updates) and how many locks
 	// were lost.
 	Redis []redisReport `json:"redis"`
+	// ETagSources lists the sites whose upstream entity-tags the guard
+	// stopped trusting (etags auto), with the evidence.
+	ETagSources []tagReuse `json:"etag_sources"`
 }
 
 type cacheStats struct {
@@ -124,6 +128,10 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 		Tracked:   locks.Len(),
 		Caches:    []cacheStats{},
 		Redis:     redisStoreReports(),
+	}
+	resp.ETagSources = []tagReuse{}
+	if reused := currentReusedTags(); reused != nil {
+		resp.ETagSources = reused.list()
 	}
 	pool.Range(func(key, value any) bool {
 		switch v := value.(type) {
@@ -166,6 +174,12 @@ type resourceState struct {
 	// Superseded: tags of versions that writes through the guard replaced;
 	// writes naming only these are refused without asking the upstream.
 	Superseded []string `json:"superseded,omitempty"`
+	// GuardTag: the ETag is the guard's own; Crowded: Last-Modified names
+	// more than this version (dates.go); TagsReused: recorded after the
+	// upstream's tags were found reused (auto_sites.go).
+	GuardTag   bool `json:"guard_tag,omitempty"`
+	Crowded    bool `json:"crowded,omitempty"`
+	TagsReused bool `json:"tags_reused,omitempty"`
 }
 
 func (adminAPI) handleResource(w http.ResponseWriter, r *http.Request) error {
@@ -261,6 +275,7 @@ func (adminAPI) handleResource(w http.ResponseWriter, r *http.Request) error {
 
 func (s *resourceState) setVersion(v etagcache.Version) {
 	s.Known, s.Exists, s.ETag, s.Superseded = true, v.Exists, v.ETag, v.Superseded
+	s.GuardTag, s.Crowded, s.TagsReused = v.Guard, v.Crowded, v.TagsReused
 	if !v.LastModified.IsZero() {
 		lm := v.LastModified.UTC()
 		s.LastModified = &lm
@@ -372,3 +387,36 @@ func writeJSON(w http.ResponseWriter, v any) error {
 
 // Interface guards
 var _ caddy.AdminRouter = (*adminAPI)(nil)
+
+// handleETagSources lists the sites whose upstream tags the guard stopped
+// trusting (GET), or trusts a site's tags again (DELETE ?site=), for an
+// operator who has fixed the upstream. In this process only: with store
+// redis, versions recorded as TagsReused switch the site back on the next
+// write that finds one, until they are replaced or expire.
+func (adminAPI) handleETagSources(w http.ResponseWriter, r *http.Request) error {
+	reused := currentReusedTags()
+	switch r.Method {
+	case http.MethodGet:
+		list := []tagReuse{}
+		if reused != nil {
+			list = reused.list()
+		}
+		return writeJSON(w, list)
+	case http.MethodDelete:
+		site := r.URL.Query().Get("site")
+		if site == "" {
+			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("the site query parameter is required")}
+		}
+		if reused == nil || !reused.trust(site) {
+			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("the guard tags no site %q itself", site)}
+		}
+		if processState().generations != nil {
+			// Versions learned with the guard's tags must not decide
+			// writes named by the upstream's again.
+			processState().generations.AdvanceAll()
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	return methodNotAllowed()
+}

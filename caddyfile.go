@@ -28,8 +28,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		cache_size      <entries>|<size>  # default: 1000000 (entries); a size such as 64MiB bounds memory
 //		cache_ttl       <duration>        # default: 10m
 //		max_body        <size>            # default: 10MiB
-//		etags           upstream|hash     # default: upstream
-//		hash_max_body   <size>            # default: 16MiB (etags hash only)
+//		etags           auto|upstream|hash # default: auto
+//		hash_max_body   <size>            # default: 16MiB (etags auto and hash)
+//		read_freshness  no-cache|upstream # default: no-cache
 //		revalidate      miss|always       # default: miss
 //		max_body_memory <size>            # default: 1MiB (the rest of a body goes to a temporary file)
 //		max_waiters     <n>               # default: 128
@@ -71,7 +72,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		seen[opt] = true
 		switch opt {
-		case "blind", "etag_match", "etags", "revalidate", "key_trailing_slash", "refusals", "on_store_error":
+		case "blind", "etag_match", "etags", "read_freshness", "revalidate", "key_trailing_slash", "refusals", "on_store_error":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}

@@ -95,6 +95,18 @@ var guardMetrics = sync.OnceValue(func() *metricSet {
 			Namespace: ns, Subsystem: sub, Name: "upstream_failures_total",
 			Help: "Forwarded writes that the upstream failed before answering (outcome unknown, version forgotten).",
 		}),
+		etagSwitches: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "etags_switches_total",
+			Help: "Sites whose upstream entity-tags the guard stopped trusting (etags auto), because a write showed a tag an earlier version had.",
+		}),
+		dateWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "date_waits_total",
+			Help: "Date-validated writes held under their lock until the second of the version they were checked against had passed.",
+		}),
+		hashed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "hashed_responses_total",
+			Help: "Representations the guard hashed to tag them itself: reads and version checks (etags hash, and etags auto where the upstream's tags name no version).",
+		}),
 	}
 	// Every outcome and result is exported from the start, at zero, so that
 	// rates over them exist before the first occurrence.
@@ -109,7 +121,7 @@ var guardMetrics = sync.OnceValue(func() *metricSet {
 			func() float64 { return float64(cacheTotals(pick)) })
 	}
 	m.collectors = []prometheus.Collector{
-		m.requests, m.lockWait, m.probes, m.upstreamFailures, m.storeErrors,
+		m.requests, m.lockWait, m.probes, m.upstreamFailures, m.storeErrors, m.etagSwitches, m.hashed, m.dateWaits,
 		cacheCounter("cache_hits_total", "Version lookups the cache answered.", func(s etagcache.Stats) uint64 { return s.Hits }),
 		cacheCounter("cache_misses_total", "Version lookups the cache could not answer.", func(s etagcache.Stats) uint64 { return s.Misses }),
 		cacheCounter("cache_evictions_total", "Cached versions evicted for room or expired.", func(s etagcache.Stats) uint64 { return s.Evictions }),
@@ -127,6 +139,9 @@ var guardMetrics = sync.OnceValue(func() *metricSet {
 })
 
 type metricSet struct {
+	etagSwitches     prometheus.Counter
+	dateWaits        prometheus.Counter
+	hashed           prometheus.Counter
 	requests         *prometheus.CounterVec
 	lockWait         prometheus.Histogram
 	probes           *prometheus.CounterVec
@@ -188,3 +203,5 @@ func cacheTotals(pick func(etagcache.Stats) uint64) uint64 {
 	})
 	return total
 }
+
+func countDateWait() { guardMetrics().dateWaits.Inc() }

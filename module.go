@@ -114,19 +114,32 @@ type Handler struct {
 	// 413. Default: 10485760 (10 MiB).
 	MaxBody int64 `json:"max_body,omitempty"`
 
-	// ETags selects who names versions. "upstream" uses the ETag and
-	// Last-Modified the upstream sends. "hash" is for upstreams whose
-	// entity-tags are missing or do not change with the content: the guard
-	// tags every 2xx GET response with a SHA-256 digest of its body
-	// (replacing the upstream's ETag), checks writes against the digest of
-	// the current representation, and returns the new tag in the ETag of a
-	// successful write's response. Default: "upstream".
+	// ETags selects who names versions. "auto" uses the upstream's ETag
+	// where it is evidence of a version and the guard's own tag where it
+	// is not: a representation without an ETag gets the guard's tag, and
+	// once a write shows that the upstream gave a new version a tag an
+	// earlier one had, the guard tags every representation of that site
+	// itself (see README, "Where versions come from"). "upstream" always
+	// uses the ETag and Last-Modified the upstream sends. "hash" always
+	// tags: every 2xx GET response gets a SHA-256 digest of its body
+	// (replacing the upstream's ETag), writes are checked against the
+	// digest of the current representation, and a successful write's
+	// answer carries the new tag. Default: "auto".
 	ETags string `json:"etags,omitempty"`
 
-	// HashMaxBody is the largest representation tagged with `etags hash`, in
-	// bytes. Larger responses pass untagged; writes to such resources can
-	// use If-Unmodified-Since. Default: 16777216 (16 MiB).
+	// HashMaxBody is the largest representation the guard tags itself, in
+	// bytes (etags hash and auto). Larger responses pass untagged; writes
+	// to such resources can use If-Unmodified-Since. Default: 16777216
+	// (16 MiB).
 	HashMaxBody int64 `json:"hash_max_body,omitempty"`
+
+	// ReadFreshness says what answers to reads of guarded resources tell
+	// caches. "no-cache" adds Cache-Control: no-cache to those that carry
+	// neither Cache-Control nor Expires, so that browsers and client
+	// libraries ask again (a 304 with a validator) instead of serving a
+	// version the guard refuses writes on. "upstream" leaves answers as
+	// the upstream sent them. Default: "no-cache".
+	ReadFreshness string `json:"read_freshness,omitempty"`
 
 	// Revalidate selects when a write's preconditions are checked against
 	// the upstream itself rather than the cache: "miss" when the cache does
@@ -216,6 +229,8 @@ type Handler struct {
 	methods map[string]struct{}
 	// revalidateAlways caches Revalidate == "always".
 	revalidateAlways bool
+	// revalidateReads: read_freshness no-cache (freshness.go).
+	revalidateReads bool
 	// keyTemplate is Key with canonical placeholders; "" for the default.
 	keyTemplate string
 	keyOptions  reskey.Options
@@ -319,9 +334,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.overrideFields = append(h.overrideFields, http.CanonicalHeaderKey(f))
 		}
 	}
-	if h.ETags == "hash" && h.HashMaxBody == 0 {
+	if h.ETags != "upstream" && h.HashMaxBody == 0 {
 		h.HashMaxBody = DefaultHashMaxBody
 	}
+	h.revalidateReads = h.ReadFreshness != "upstream"
 	h.revalidateAlways = h.Revalidate == "always"
 	if h.Key == defaultKey {
 		h.Key = ""
@@ -373,11 +389,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Generations: shared.generations,
 	}
 	// Tags of the upstream and the guard's own never share a cache.
-	etags := "upstream"
-	h.versions = upstreamVersions{h}
-	if h.ETags == "hash" {
-		etags = "hash"
+	etags := h.ETags
+	switch etags {
+	case "upstream":
+		h.versions = upstreamVersions{h}
+	case "hash":
 		h.versions = &hashVersions{h: h, limit: h.HashMaxBody}
+	default:
+		etags = "auto"
+		reused, key, err := attachReusedTags()
+		if err != nil {
+			return err
+		}
+		h.poolKeys = append(h.poolKeys, key)
+		h.versions = &autoVersions{h: h, up: upstreamVersions{h}, hash: &hashVersions{h: h, limit: h.HashMaxBody}, reused: reused}
 	}
 	cache, key, err := attachCache(cacheCfg, etags)
 	if err != nil {
@@ -404,7 +429,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 var choices = map[string][]string{
 	"blind":              {"428", "409", "allow"},
 	"etag_match":         {"default", "strict"},
-	"etags":              {"upstream", "hash"},
+	"etags":              {"auto", "upstream", "hash"},
+	"read_freshness":     {"no-cache", "upstream"},
 	"revalidate":         {"miss", "always"},
 	"key_trailing_slash": {"ignore", "keep"},
 	"refusals":           {"problem", "handle_errors"},
@@ -429,6 +455,8 @@ func (h *Handler) choice(option string) *string {
 		return &h.ETagMatch
 	case "etags":
 		return &h.ETags
+	case "read_freshness":
+		return &h.ReadFreshness
 	case "revalidate":
 		return &h.Revalidate
 	case "key_trailing_slash":
@@ -461,8 +489,8 @@ func (h *Handler) Validate() error {
 	if h.HashMaxBody < 0 {
 		return fmt.Errorf("hash_max_body must not be negative")
 	}
-	if h.HashMaxBody > 0 && h.ETags != "hash" {
-		return fmt.Errorf("hash_max_body applies only with etags hash")
+	if h.HashMaxBody > 0 && h.ETags == "upstream" {
+		return fmt.Errorf("hash_max_body does not apply with etags upstream: the guard tags nothing itself")
 	}
 	if h.LockTimeout < 0 {
 		return fmt.Errorf("lock_timeout must not be negative")

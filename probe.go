@@ -41,6 +41,7 @@ func (wr *write) checkUpstream() (precondition.State, *refusal) {
 			if h.learnsFrom(wr.r) {
 				h.cache.Learn(wr.key, stamp, v)
 			}
+			wr.guardTagged = v.Guard
 			return stateOf(v), nil
 		case resp.status >= 200 && resp.status < 300:
 			// It exists, but nothing names its version.

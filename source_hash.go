@@ -33,6 +33,9 @@ type hashVersions struct {
 
 func (s *hashVersions) untagged() string { return hashUntagged(s.limit)() }
 
+func (*hashVersions) trusts(*write, etagcache.Version) bool { return true }
+func (*hashVersions) staleDetail(*write) string             { return "" }
+
 // probe asks for the representation with a GET, whose body is hashed and
 // discarded.
 func (s *hashVersions) probe(r *http.Request, next caddyhttp.Handler) (*probeResponse, etagcache.Version, bool, error) {
@@ -50,6 +53,7 @@ func (s *hashVersions) probe(r *http.Request, next caddyhttp.Handler) (*probeRes
 		resp.hash = nil
 	}
 	v, known := versionFromResponse(resp.status, etag, resp.header.Get("Last-Modified"))
+	v.Guard = v.ETag != ""
 	countProbeResult(resp, known, nil)
 	return resp, v, known, nil
 }
@@ -137,6 +141,7 @@ func (hb *heldBuffer) release() {
 }
 
 func newBodyHash(limit int64) *bodyHash {
+	guardMetrics().hashed.Inc()
 	b := bodyHashPool.Get().(*bodyHash)
 	b.sum.Reset()
 	b.n, b.limit = 0, limit
@@ -170,18 +175,7 @@ func (b *bodyHash) etag() string {
 // the upstream.
 func (s *hashVersions) serveRead(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, method string) error {
 	h := s.h
-	hw := &hashingWriter{
-		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
-		h:                     h,
-		r:                     r,
-		head:                  method == http.MethodHead,
-		learn:                 h.learnsFrom(r),
-	}
-	if hw.learn {
-		hw.key = h.resourceKey(r)
-		hw.stamp = h.cache.Stamp(hw.key)
-	}
-	hw.ifNoneMatch = parsedList(r.Header, "If-None-Match")
+	hw := s.newHashingWriter(w, r, method == http.MethodHead)
 	hw.ifMatch = parsedList(r.Header, "If-Match")
 	if hw.ifNoneMatch != nil && !hw.head && hw.learn {
 		// The client names a version it holds: unless the cache knows that
@@ -199,6 +193,24 @@ func (s *hashVersions) serveRead(w http.ResponseWriter, r *http.Request, next ca
 	defer hw.abandon()
 	err := hw.serveNext(next, withoutValidators(r))
 	return hw.finish(err)
+}
+
+// newHashingWriter returns the writer that tags the answer to the read r.
+func (s *hashVersions) newHashingWriter(w http.ResponseWriter, r *http.Request, head bool) *hashingWriter {
+	h := s.h
+	hw := &hashingWriter{
+		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+		h:                     h,
+		r:                     r,
+		head:                  head,
+		learn:                 h.learnsFrom(r),
+	}
+	if hw.learn {
+		hw.key = h.resourceKey(r)
+		hw.stamp = h.cache.Stamp(hw.key)
+	}
+	hw.ifNoneMatch = parsedList(r.Header, "If-None-Match")
+	return hw
 }
 
 // errAnswerAborted reports an upstream answer that broke off while it was
@@ -268,6 +280,7 @@ func (s *hashVersions) revalidateRead(w http.ResponseWriter, r *http.Request, ne
 		}
 	}
 	hdr.Set("Etag", v.ETag)
+	h.markRevalidate(hdr, http.StatusNotModified, &hw.noCache)
 	w.WriteHeader(http.StatusNotModified)
 	return true, nil
 }
@@ -337,7 +350,8 @@ type hashingWriter struct {
 	flushTimer *time.Timer
 	// coding is the Content-Encoding the upstream sent; one that appears
 	// later was added by an outer encode.
-	coding string
+	coding  string
+	noCache noCacheValue
 }
 
 func (hw *hashingWriter) WriteHeader(status int) {
@@ -360,6 +374,7 @@ func (hw *hashingWriter) writeHeader(status int) {
 		return
 	}
 	hdr := hw.Header()
+	hw.h.markRevalidate(hdr, status, &hw.noCache)
 	// The upstream's tag is not a version the guard can check writes
 	// against, in the header or in a trailer.
 	hdr.Del("Etag")
@@ -437,6 +452,7 @@ func (hw *hashingWriter) learnVersion(tag string) {
 		return
 	}
 	if v, ok := versionFromResponse(hw.status, tag, hw.Header().Get("Last-Modified")); ok {
+		v.Guard = v.ETag != ""
 		hw.h.cache.Learn(hw.key, hw.stamp, v)
 	}
 }
@@ -714,6 +730,13 @@ type writerOnly struct{ io.Writer }
 type taggingWriter struct {
 	caddyhttp.ResponseWriterWrapper
 	wr *write
+	// auto is set with etags auto, where guarded says the resource's
+	// versions are the guard's tags; otherwise the upstream's, and the
+	// answer's own tag (answerTag) is what the write made unless it is
+	// missing, weak, or one the guard saw replaced (source_auto.go).
+	auto      *autoVersions
+	guarded   bool
+	answerTag string
 
 	holding bool
 	status  int
@@ -738,6 +761,15 @@ func (tw *taggingWriter) WriteHeader(status int) {
 		return
 	}
 	hdr := tw.Header()
+	if tw.auto != nil && !tw.guarded {
+		etag := hdr.Get("Etag")
+		if upstreamAnswerSuffices(wr, status, etag) {
+			wr.end(true, status, wr.answered(status, etag, hdr.Get("Last-Modified")))
+			tw.ResponseWriterWrapper.WriteHeader(status)
+			return
+		}
+		tw.answerTag = etag
+	}
 	// Neither the upstream's tag nor its ETag trailer names a version the
 	// guard vouches for.
 	hdr.Del("Etag")
@@ -804,7 +836,15 @@ func (tw *taggingWriter) release() error {
 	return err
 }
 
+// ReadFrom keeps the underlying writer's fast paths for an answer that is
+// not held.
 func (tw *taggingWriter) ReadFrom(r io.Reader) (int64, error) {
+	if !tw.holding && !tw.wr.ended {
+		tw.WriteHeader(http.StatusOK)
+	}
+	if !tw.holding {
+		return tw.ResponseWriterWrapper.ReadFrom(r)
+	}
 	return io.Copy(writerOnly{tw}, r)
 }
 
@@ -875,7 +915,19 @@ func (tw *taggingWriter) complete(err error) error {
 	}
 	h.timeouts.stop(wr)
 	ctx, cancel := context.WithTimeout(wr.r.Context(), time.Duration(h.WriteTimeout))
-	_, v, known, perr := h.versions.probe(wr.r.WithContext(ctx), wr.next)
+	var (
+		v     etagcache.Version
+		known bool
+		perr  error
+	)
+	switch r := wr.r.WithContext(ctx); {
+	case tw.auto == nil:
+		_, v, known, perr = h.versions.probe(r, wr.next)
+	case tw.guarded:
+		_, v, known, perr = tw.auto.hash.probe(r, wr.next)
+	default:
+		v, known, perr = tw.auto.afterWrite(wr, r, tw.answerTag)
+	}
 	cancel()
 	tagged := perr == nil && known && tw.status != http.StatusAccepted
 	var made *etagcache.Version

@@ -17,20 +17,26 @@ type upstreamVersions struct{ h *Handler }
 
 func (upstreamVersions) untagged() string { return upstreamUntagged() }
 
+func (upstreamVersions) trusts(*write, etagcache.Version) bool { return true }
+func (upstreamVersions) staleDetail(*write) string             { return "" }
+
 // serveRead passes a GET or HEAD through untouched and learns the version
 // its response reveals. The stamp is taken before the upstream is asked, so
 // a response that was overtaken by a write can never be stored as current.
 func (s upstreamVersions) serveRead(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, _ string) error {
 	h := s.h
-	if !h.learnsFrom(r) {
+	learn := h.learnsFrom(r)
+	if !learn && !h.revalidateReads {
 		return next.ServeHTTP(w, r)
 	}
-	key := h.resourceKey(r)
 	lw := &learningWriter{
 		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
-		cache:                 h.cache,
-		key:                   key,
-		stamp:                 h.cache.Stamp(key),
+		h:                     h,
+		learn:                 learn,
+	}
+	if learn {
+		lw.key = h.resourceKey(r)
+		lw.stamp = h.cache.Stamp(lw.key)
 	}
 	return next.ServeHTTP(lw, r)
 }
@@ -98,19 +104,24 @@ func (aw *answerWriter) ReadFrom(r io.Reader) (int64, error) {
 type learningWriter struct {
 	// Embedded by value: one allocation per request fewer.
 	caddyhttp.ResponseWriterWrapper
-	cache       *etagcache.Cache
+	h           *Handler
 	key         string
 	stamp       etagcache.Stamp
+	learn       bool
 	wroteHeader bool
+	noCache     noCacheValue
 }
 
 func (lw *learningWriter) WriteHeader(status int) {
 	if !lw.wroteHeader && status >= 200 {
 		lw.wroteHeader = true
 		hdr := lw.Header()
-		if v, ok := versionFromResponse(status, hdr.Get("Etag"), hdr.Get("Last-Modified")); ok {
-			lw.cache.Learn(lw.key, lw.stamp, v)
+		if lw.learn {
+			if v, ok := versionFromResponse(status, hdr.Get("Etag"), hdr.Get("Last-Modified")); ok {
+				lw.h.cache.Learn(lw.key, lw.stamp, v)
+			}
 		}
+		lw.h.markRevalidate(hdr, status, &lw.noCache)
 	}
 	lw.ResponseWriterWrapper.WriteHeader(status)
 }

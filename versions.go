@@ -12,7 +12,8 @@ import (
 // A versionSource names the versions that writes are checked against: the
 // upstream's own validators (upstreamVersions, source_upstream.go), or tags
 // the guard makes of the representation's bytes (hashVersions,
-// source_hash.go). The read path, the version check under the lock and the
+// source_hash.go), or each where it names versions (autoVersions,
+// source_auto.go, the default). The read path, the version check under the lock and the
 // write's answer all go through it, so that each tells versions the same
 // way; Provision chooses it.
 type versionSource interface {
@@ -28,6 +29,12 @@ type versionSource interface {
 	// untagged says why a version without an entity-tag cannot be named
 	// in If-Match: the text of that 412.
 	untagged() string
+	// trusts reports whether the version v, found in the cache or the
+	// store, may decide the write wr; otherwise the upstream is asked.
+	trusts(wr *write, v etagcache.Version) bool
+	// staleDetail is the text of a 412 for wr's If-Match when the source
+	// has more to say than that the resource changed; "" otherwise.
+	staleDetail(wr *write) string
 }
 
 // versionFromResponse tells what a read or probe response says about the

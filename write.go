@@ -77,6 +77,10 @@ type write struct {
 	// (checkedKnown): a store puts it back if the write is not forwarded.
 	checked      etagcache.Version
 	checkedKnown bool
+	// guardTagged: that version is named by the guard's tag (etags auto).
+	guardTagged bool
+	// siteName is the write's site (site.go), once asked for.
+	siteName string
 
 	// Forwarded.
 	answer answerWriter
@@ -235,7 +239,7 @@ func (wr *write) refuseSuperseded() *refusal {
 	// Peek: the decision is made again under the lock, where the lookup
 	// counts as the write's hit or miss.
 	v, ok := h.cache.Peek(wr.key)
-	if !ok || len(v.Superseded) == 0 {
+	if !ok || len(v.Superseded) == 0 || !h.versions.trusts(wr, v) {
 		return nil
 	}
 	state := stateOf(v)
@@ -245,7 +249,7 @@ func (wr *write) refuseSuperseded() *refusal {
 	}
 	wr.replaced = state.ETag
 	wr.set("http.write_guard.etag", (*placeholderString)(&wr.replaced))
-	return refuseStale(o, state, h.versions.untagged)
+	return wr.refuseStale(o, state)
 }
 
 // decide establishes the resource's current version and evaluates the
@@ -270,7 +274,11 @@ func (wr *write) decide() *refusal {
 	// with a query selects.
 	if h.learnsFrom(wr.r) && h.trustsCache() && !wr.distrust {
 		cached, fromCache = h.store.found(wr)
+		if fromCache && !h.versions.trusts(wr, cached) {
+			cached, fromCache = etagcache.Version{}, false
+		}
 		state = stateOf(cached)
+		wr.guardTagged = cached.Guard
 	}
 	if !fromCache {
 		if state, ref = wr.checkUpstream(); ref != nil {
@@ -290,17 +298,41 @@ func (wr *write) decide() *refusal {
 	if fromCache {
 		wr.older = cached.Superseded
 	}
+	crowded := fromCache && cached.Crowded
 	if fromCache || stateKnown(state) {
-		wr.checked = etagcache.Version{Exists: state.Exists, ETag: state.ETag, LastModified: state.LastModified, Superseded: wr.older}
+		wr.checked = etagcache.Version{
+			Exists: state.Exists, ETag: state.ETag, LastModified: state.LastModified, Superseded: wr.older,
+			Guard: wr.guardTagged, Crowded: crowded, TagsReused: fromCache && cached.TagsReused,
+		}
 		wr.checkedKnown = true
 	}
 	if o != precondition.Pass {
 		if c := h.logger.Check(zapcore.DebugLevel, "precondition failed"); c != nil {
 			c.Write(zap.String("key", wr.key), zap.String("current_etag", state.ETag), zap.Bool("exists", state.Exists))
 		}
-		return refuseStale(o, state, h.versions.untagged)
+		return wr.refuseStale(o, state)
 	}
-	return nil
+	return wr.settleDate(state, crowded)
+}
+
+// refuseStale refuses the write for a precondition that failed against
+// state, with the version source's word on it where it has one.
+func (wr *write) refuseStale(o precondition.Outcome, state precondition.State) *refusal {
+	ref := refuseStale(o, state, wr.h.versions.untagged)
+	if o == precondition.FailedIfMatch && state.Exists && state.ETag != "" {
+		if d := wr.h.versions.staleDetail(wr); d != "" {
+			ref.problem.Detail = d
+		}
+	}
+	return ref
+}
+
+// site is the write's site, as the default key names it.
+func (wr *write) site() string {
+	if wr.siteName == "" {
+		wr.siteName = wr.h.siteOf(wr.r)
+	}
+	return wr.siteName
 }
 
 // forward passes the write to the upstream through the version source,
@@ -355,6 +387,7 @@ func (wr *write) record(made *etagcache.Version) *etagcache.Version {
 		return nil
 	}
 	made.Superseded = etagcache.Supersede(wr.replaced, wr.older, made.ETag)
+	made.Crowded = wr.crowds(made)
 	if wr.distrust {
 		h.cache.Forget(wr.key)
 	} else {

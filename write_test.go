@@ -250,11 +250,13 @@ func TestReplacedVersionThatCameBackIsWritable(t *testing.T) {
 	}
 }
 
-// A write that leaves the content as it was keeps its tag current.
+// A write that leaves the content as it was keeps its tag current, with
+// etags upstream. (etags auto takes the same tag again as evidence that the
+// upstream's tags do not name versions: source_auto_test.go.)
 func TestWriteThatKeepsTheTagDoesNotSupersedeIt(t *testing.T) {
 	store := backend.New()
 	store.Put("/doc", []byte("v1"))
-	h := newTestHandler(t, &Handler{})
+	h := newTestHandler(t, &Handler{ETags: "upstream"})
 	next := storeHandler(store)
 	writeVersions(t, h, next, store, "v1", "v1", "v2", "v1")
 	// v1 is current again, v2 was replaced.

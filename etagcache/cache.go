@@ -22,6 +22,19 @@ type Version struct {
 	// write that names only these is certainly stale. Only Record keeps
 	// them; a version learned from a read has none.
 	Superseded []string
+	// Guard says ETag is the guard's own tag of the representation's bytes,
+	// not the upstream's: the two are never compared with each other.
+	Guard bool
+	// Crowded says LastModified names more than this version: a write made
+	// it within the second of the version it replaced (or the upstream's
+	// date did not advance), so a client holding that date may have read
+	// either.
+	Crowded bool
+	// TagsReused says the guard tagged this version because the upstream
+	// was seen to give a new version of its site a tag it had given an
+	// earlier one: every instance that finds it stops trusting that site's
+	// tags.
+	TagsReused bool
 }
 
 // MaxSuperseded bounds Version.Superseded: a writer more than a few versions
@@ -176,6 +189,9 @@ type entry struct {
 const (
 	entryExists uint8 = 1 << iota
 	entryModified
+	entryGuard
+	entryCrowded
+	entryReused
 )
 
 // slot holds a key's entry in ristretto, which keeps it by pointer: the
@@ -224,6 +240,15 @@ func newEntry(hash, gen uint64, v Version) entry {
 	if v.Exists {
 		e.flags |= entryExists
 	}
+	if v.Guard {
+		e.flags |= entryGuard
+	}
+	if v.Crowded {
+		e.flags |= entryCrowded
+	}
+	if v.TagsReused {
+		e.flags |= entryReused
+	}
 	if !v.LastModified.IsZero() {
 		e.flags |= entryModified
 		e.modSec, e.modNsec = v.LastModified.Unix(), int32(v.LastModified.Nanosecond())
@@ -237,7 +262,8 @@ func newEntry(hash, gen uint64, v Version) entry {
 // version returns what newEntry was given: LastModified in UTC, at most
 // MaxSuperseded superseded tags, an empty list as nil.
 func (e *entry) version() Version {
-	v := Version{Exists: e.flags&entryExists != 0, ETag: e.etag}
+	v := Version{Exists: e.flags&entryExists != 0, ETag: e.etag, Guard: e.flags&entryGuard != 0,
+		Crowded: e.flags&entryCrowded != 0, TagsReused: e.flags&entryReused != 0}
 	if e.flags&entryModified != 0 {
 		v.LastModified = time.Unix(e.modSec, int64(e.modNsec)).UTC()
 	}
@@ -247,9 +273,12 @@ func (e *entry) version() Version {
 	return v
 }
 
-// holds reports whether e holds v, as Version.same compares.
+// holds reports whether e holds v, as Version.same compares. What only a
+// write can tell (Crowded, TagsReused, Superseded) is not compared: a read
+// that shows the version a write recorded learns nothing new, and must not
+// make the cache forget what the write knew.
 func (e *entry) holds(v Version) bool {
-	if v.Exists != (e.flags&entryExists != 0) || v.ETag != e.etag {
+	if v.Exists != (e.flags&entryExists != 0) || v.ETag != e.etag || v.Guard != (e.flags&entryGuard != 0) {
 		return false
 	}
 	if e.flags&entryModified == 0 {
@@ -375,6 +404,9 @@ func (c *Cache) fingerprint(keyHash, gen uint64, v Version) uint64 {
 	x := keyHash ^ bits.RotateLeft64(maphash.String(c.gens.seed, v.ETag), 23)
 	x ^= gen * 0x9E3779B97F4A7C15
 	x ^= uint64(v.LastModified.Unix()) * 0xC2B2AE3D27D4EB4F
+	if v.Guard {
+		x ^= 0x165667B19E3779F9
+	}
 	if v.Exists {
 		x = ^x
 	}

@@ -184,7 +184,8 @@ func (s *Store) keys(key string) []string {
 	return []string{s.cfg.KeyPrefix + "lock:" + tag, s.cfg.KeyPrefix + "ver:" + tag, s.cfg.KeyPrefix + "untrusted:" + tag}
 }
 
-// Version fields in the hash: x (exists: "1" or "0"), e (entity-tag), m
+// Version fields in the hash: x (exists: "1" or "0", then "g" for the
+// guard's own tag, "c" for a crowded date, "r" for reused upstream tags), e (entity-tag), m
 // (Last-Modified, Unix seconds, "" if unknown), s (superseded tags, one per
 // line), g (generation). x, e, m and s are present together or not at all.
 // While the lock is held, h and hx copy its token and expiry (Redis's
@@ -614,7 +615,15 @@ func parseVersion(f []any) (etagcache.Version, bool) {
 	if !ok {
 		return etagcache.Version{}, false
 	}
-	v := etagcache.Version{Exists: x == "1"}
+	// The first field is "1" or "0" (exists), followed by a letter for
+	// each flag: g, the guard's own tag; c, a crowded date; r, tags the
+	// upstream reused.
+	v := etagcache.Version{Exists: strings.HasPrefix(x, "1")}
+	if len(x) > 1 {
+		v.Guard = strings.IndexByte(x[1:], 'g') >= 0
+		v.Crowded = strings.IndexByte(x[1:], 'c') >= 0
+		v.TagsReused = strings.IndexByte(x[1:], 'r') >= 0
+	}
 	v.ETag, _ = f[1].(string)
 	if m, _ := f[2].(string); m != "" {
 		if sec, err := strconv.ParseInt(m, 10, 64); err == nil {
@@ -634,6 +643,15 @@ func formatVersion(v *etagcache.Version) []any {
 	x := "0"
 	if v.Exists {
 		x = "1"
+	}
+	if v.Guard {
+		x += "g"
+	}
+	if v.Crowded {
+		x += "c"
+	}
+	if v.TagsReused {
+		x += "r"
 	}
 	m := ""
 	if !v.LastModified.IsZero() {

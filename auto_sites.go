@@ -1,0 +1,139 @@
+package writeguard
+
+import (
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// With `etags auto` the guard trusts a site's upstream entity-tags until a
+// write shows that they do not name versions: the tag after the write is
+// one the guard saw replaced. The switch is per site (the site's first
+// name, see site.go), because the tags of one site come from one
+// application, whose other resources tag the same way: waiting for the
+// evidence once per resource would cost every resource one refused write.
+// It lasts for as long as any configuration uses the guard, so that a
+// reload keeps it; an instance sharing a Redis store adopts it for a
+// resource when it finds that resource's version tagged by the guard for
+// this reason (Version.TagsReused).
+
+// reusedTags is the sites whose upstream tags are no longer trusted, one
+// list for every handler in the process.
+type reusedTags struct {
+	// any is set once a site is in the list: until then, the read path
+	// asks nothing else.
+	any   atomic.Bool
+	mu    sync.Mutex
+	sites sync.Map // site → *tagReuse
+}
+
+// tagReuse is the evidence that switched a site.
+type tagReuse struct {
+	Site string `json:"site"`
+	// Source is who names the site's versions now: "guard".
+	Source string `json:"source"`
+	// Key and ETag are the resource and the tag that the upstream gave
+	// again; Seen says where: "answer" (the write's answer), "check" (the
+	// version check after the write) or "store" (found in the Redis store,
+	// recorded by another instance).
+	Key   string    `json:"key"`
+	ETag  string    `json:"etag"`
+	Seen  string    `json:"seen"`
+	Since time.Time `json:"since"`
+}
+
+// untrusted reports whether site's upstream tags are no longer trusted.
+func (t *reusedTags) untrusted(site string) bool {
+	if !t.any.Load() {
+		return false
+	}
+	_, ok := t.sites.Load(site)
+	return ok
+}
+
+// distrust stops trusting site's upstream tags. It reports whether the
+// site was trusted until now; the first time, the switch is logged at
+// Warn and counted.
+func (t *reusedTags) distrust(logger *zap.Logger, site, key, etag, seen string) bool {
+	if t.untrusted(site) {
+		return false
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.sites.Load(site); ok {
+		return false
+	}
+	t.sites.Store(site, &tagReuse{Site: site, Source: "guard", Key: key, ETag: etag, Seen: seen, Since: time.Now().UTC()})
+	t.any.Store(true)
+	guardMetrics().etagSwitches.Inc()
+	if logger != nil {
+		logger.Warn("upstream entity-tags do not name versions; the guard tags this site's representations itself from now on",
+			zap.String("site", site), zap.String("key", key), zap.String("etag", etag), zap.String("seen", seen),
+			zap.String("why", whySeen(seen)))
+	}
+	return true
+}
+
+func whySeen(seen string) string {
+	switch seen {
+	case "answer":
+		return "a write's answer carried a tag that an earlier version of the resource had"
+	case "check":
+		return "the version check after a write showed a tag that an earlier version of the resource had"
+	}
+	return "another instance sharing the Redis store found this site's tags reused"
+}
+
+// trust trusts site's upstream tags again; it reports whether they were
+// distrusted.
+func (t *reusedTags) trust(site string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.sites.LoadAndDelete(site)
+	return ok
+}
+
+// list returns the evidence for every distrusted site, by site.
+func (t *reusedTags) list() []tagReuse {
+	out := []tagReuse{}
+	t.sites.Range(func(_, v any) bool {
+		out = append(out, *v.(*tagReuse))
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Site < out[j].Site })
+	return out
+}
+
+// attachReusedTags returns the process's list of distrusted sites.
+func attachReusedTags() (*reusedTags, string, error) {
+	const key = "write_guard.reused_tags"
+	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return pooledReusedTags{new(reusedTags)}, nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return v.(pooledReusedTags).reusedTags, key, nil
+}
+
+type pooledReusedTags struct{ *reusedTags }
+
+func (pooledReusedTags) Destruct() error { return nil }
+
+// currentReusedTags is the process's list while a configuration uses
+// it, for the admin API; nil otherwise.
+func currentReusedTags() *reusedTags {
+	var found *reusedTags
+	pool.Range(func(_, value any) bool {
+		if v, ok := value.(pooledReusedTags); ok {
+			found = v.reusedTags
+			return false
+		}
+		return true
+	})
+	return found
+}
