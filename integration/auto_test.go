@@ -281,3 +281,67 @@ func headerOf(t *testing.T, client *http.Client, method, path, field string) str
 	t.Helper()
 	return do(t, client, method, path, "").header.Get(field)
 }
+
+// heldRead answers a GET marked X-Hold with the document as it is when the
+// request arrives, but sends that answer only once release is closed: a
+// read that began before a write and ends after it.
+func heldRead(store *backend.Store, arrived chan<- struct{}, release <-chan struct{}) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.Header.Get("X-Hold") == "" {
+			store.ServeHTTP(w, r)
+			return
+		}
+		body := mustBodyOf(store, r.URL.Path)
+		arrived <- struct{}{}
+		<-release
+		w.Header().Set("Last-Modified", httpDate(time.Now()))
+		io.WriteString(w, body)
+	})
+}
+
+func mustBodyOf(store *backend.Store, path string) string {
+	b, _ := store.Get(path)
+	return string(b)
+}
+
+// A read of a backend without ETags that the upstream answered with the
+// version before a write, arriving after the write was recorded, must not
+// teach the guard that this version is current: a write naming it would
+// pass, over the write it missed.
+func TestAutoReadOverlappingAWriteTeachesNothingStale(t *testing.T) {
+	for _, mode := range []string{"hash", "auto"} {
+		t.Run(mode, func(t *testing.T) {
+			store := newStore(map[string]string{"/doc": "v1"})
+			store.ETags = backend.NoETags
+			arrived, release := make(chan struct{}, 1), make(chan struct{})
+			startCaddy(t, fmtSite(`
+	write_guard {
+		etags %s
+	}
+	reverse_proxy %s`, mode, startBackend(t, heldRead(store, arrived, release))))
+			client := &http.Client{Timeout: 30 * time.Second}
+			tag1 := do(t, client, "GET", "/doc", "").header.Get("ETag")
+			waitLearned(t, "*/doc")
+
+			// A read that the upstream answers with v1 and that reaches the
+			// guard only after v2 was written and recorded.
+			held := make(chan response, 1)
+			go func() { held <- do(t, client, "GET", "/doc", "", "X-Hold: 1") }()
+			<-arrived
+			if r := do(t, client, "PUT", "/doc", "v2", "If-Match: "+tag1); r.status != 200 {
+				close(release)
+				t.Fatalf("the write while the read is held: %d %s", r.status, r.body)
+			}
+			close(release)
+			if r := <-held; r.body != "v1" || r.header.Get("ETag") != tag1 {
+				t.Fatalf("the held read: %q ETag %q, want v1 with %s", r.body, r.header.Get("ETag"), tag1)
+			}
+
+			// The client that read v1 writes over it.
+			r := do(t, client, "PUT", "/doc", "v3 over v1", "If-Match: "+tag1)
+			if got := mustBody(t, store, "/doc"); r.status != http.StatusPreconditionFailed || got != "v2" {
+				t.Fatalf("etags %s: a write naming v1, replaced by v2 while a read of v1 was on its way: %d, the backend holds %q; want 412 and v2 kept", mode, r.status, got)
+			}
+		})
+	}
+}
