@@ -1,6 +1,8 @@
 package writeguard
 
 import (
+	"hash/maphash"
+	"io"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -29,6 +31,69 @@ type reusedTags struct {
 	any   atomic.Bool
 	mu    sync.Mutex
 	sites sync.Map // site → *tagReuse
+	// bodies tells a write that left its tag unchanged because it wrote
+	// the body the previous write did from one whose tag should have
+	// changed.
+	bodies writtenBodies
+}
+
+// writtenBodies remembers, for the resources last written by PUT, a digest
+// of the body and the tag the upstream gave the version it made. A write
+// whose tag comes back unchanged, and whose body is the one that made the
+// version it was checked against, changed nothing: that is no evidence
+// against the upstream's tags. It is a table of fixed size in which
+// resources that share a slot push each other out: forgetting only costs
+// a false alarm, which costs hashing.
+type writtenBodies struct {
+	once  sync.Once
+	seed  maphash.Seed
+	mu    sync.Mutex
+	slots []writtenBody
+}
+
+type writtenBody struct {
+	key, sum uint64
+	tag      string
+}
+
+const writtenBodySlots = 1 << 14
+
+func (b *writtenBodies) slot(key string) (*writtenBody, uint64) {
+	b.once.Do(func() {
+		b.seed = maphash.MakeSeed()
+		b.slots = make([]writtenBody, writtenBodySlots)
+	})
+	h := maphash.String(b.seed, key) | 1
+	return &b.slots[h%writtenBodySlots], h
+}
+
+// note records that a PUT of a body with digest sum made key's version
+// tagged tag.
+func (b *writtenBodies) note(key string, sum uint64, tag string) {
+	s, h := b.slot(key)
+	b.mu.Lock()
+	*s = writtenBody{key: h, sum: sum, tag: tag}
+	b.mu.Unlock()
+}
+
+// same reports whether the version of key tagged tag was made by a PUT of
+// a body with digest sum.
+func (b *writtenBodies) same(key string, sum uint64, tag string) bool {
+	s, h := b.slot(key)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return s.key == h && s.sum == sum && s.tag == tag && tag != ""
+}
+
+// digest digests a body for writtenBodies.
+func (b *writtenBodies) digest(body io.Reader) (uint64, bool) {
+	b.slot("")
+	var d maphash.Hash
+	d.SetSeed(b.seed)
+	if _, err := io.Copy(&d, body); err != nil {
+		return 0, false
+	}
+	return d.Sum64(), true
 }
 
 // tagReuse is the evidence that switched a site.

@@ -62,9 +62,10 @@ func (wr *write) settleDate(state precondition.State, crowded bool) *refusal {
 }
 
 // crowds reports whether the version made shares its date with the one
-// the write was checked against.
+// the write was checked against. (An answer that gives no date leaves the
+// question to the next write that asks the upstream: see ReplacedDate.)
 func (wr *write) crowds(made *etagcache.Version) bool {
-	if !made.Exists || made.LastModified.IsZero() || !wr.checkedKnown || wr.checked.LastModified.IsZero() || !wr.checked.Exists {
+	if !made.Exists || made.LastModified.IsZero() || !wr.checkedKnown || !wr.checked.Exists || wr.checked.LastModified.IsZero() {
 		return false
 	}
 	return made.LastModified.Unix() <= wr.checked.LastModified.Unix()

@@ -77,6 +77,9 @@ func newTestHandler(t testing.TB, h *Handler) *Handler {
 	if h.abandoned == nil {
 		h.abandoned = new(abandonedWrites)
 	}
+	if h.reused == nil {
+		h.reused = new(reusedTags)
+	}
 	if err := h.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -258,6 +258,9 @@ type Handler struct {
 	// abandoned lists the resources whose write was abandoned lately;
 	// forgetAll makes every cache of the process forget everything.
 	abandoned *abandonedWrites
+	// reused lists the sites whose upstream tags are distrusted
+	// (auto_sites.go); with etags auto only.
+	reused    *reusedTags
 	forgetAll func()
 	// reg is the process's live configurations.
 	reg   *configRegistry
@@ -397,12 +400,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.versions = &hashVersions{h: h, limit: h.HashMaxBody}
 	default:
 		etags = "auto"
-		reused, key, err := attachReusedTags()
-		if err != nil {
-			return err
+		// Set beforehand only by tests, which keep their handlers apart.
+		if h.reused == nil {
+			reused, key, err := attachReusedTags()
+			if err != nil {
+				return err
+			}
+			h.poolKeys = append(h.poolKeys, key)
+			h.reused = reused
 		}
-		h.poolKeys = append(h.poolKeys, key)
-		h.versions = &autoVersions{h: h, up: upstreamVersions{h}, hash: &hashVersions{h: h, limit: h.HashMaxBody}, reused: reused}
+		h.versions = &autoVersions{h: h, up: upstreamVersions{h}, hash: &hashVersions{h: h, limit: h.HashMaxBody}, reused: h.reused}
 	}
 	cache, key, err := attachCache(cacheCfg, etags)
 	if err != nil {

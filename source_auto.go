@@ -266,15 +266,22 @@ func upstreamAnswerSuffices(wr *write, status int, etag string) bool {
 }
 
 // hadTag reports whether tag is one the write's resource had before it:
-// the version the write was checked against, or one a write replaced.
+// the version the write was checked against, or one a write replaced. A
+// resource created anew is not compared with the one deleted before: tags
+// made of the content come back with the content, and a client holding
+// the old tag names a resource that was deleted, not one it missed an
+// update of.
 func (wr *write) hadTag(tag string) bool {
-	return tag != "" && (tag == wr.replaced || slices.Contains(wr.older, tag))
+	if tag == "" {
+		return false
+	}
+	return tag == wr.replaced || wr.checked.Exists && slices.Contains(wr.older, tag)
 }
 
 // afterWrite establishes the version a write made, still under its lock,
 // when its answer did not name it (answerTag: the answer's ETag field).
 func (s *autoVersions) afterWrite(wr *write, r *http.Request, answerTag string) (etagcache.Version, bool, error) {
-	if wr.hadTag(answerTag) {
+	if wr.hadTag(answerTag) && !s.changedNothing(wr, answerTag) {
 		return s.reveal(wr, r, answerTag, "answer")
 	}
 	resp, v, known, err := s.up.probe(r, wr.next)
@@ -285,10 +292,49 @@ func (s *autoVersions) afterWrite(wr *write, r *http.Request, answerTag string) 
 		// The upstream names this version by no tag: the guard does.
 		_, v, known, err = s.hash.probe(r, wr.next)
 		return v, known, err
-	case v.Exists && wr.hadTag(v.ETag):
+	case v.Exists && wr.hadTag(v.ETag) && !s.changedNothing(wr, v.ETag):
 		return s.reveal(wr, r, v.ETag, "check")
 	}
 	return v, known, nil
+}
+
+// changedNothing reports whether a write whose new version shows tag, the
+// tag it was checked against, wrote the body that made that version: a
+// form saved twice, a retry. Tags made of the content stay as they were
+// then, which is no evidence against them.
+func (s *autoVersions) changedNothing(wr *write, tag string) bool {
+	if tag != wr.replaced || wr.method != http.MethodPut {
+		return false
+	}
+	sum, ok := wr.bodySum(&s.reused.bodies)
+	return ok && s.reused.bodies.same(wr.key, sum, tag)
+}
+
+// wrote notes the body of a PUT that made a version tagged by the
+// upstream, for changedNothing.
+func (s *autoVersions) wrote(wr *write, status int, made *etagcache.Version) {
+	if wr.method != http.MethodPut || status < 200 || status >= 300 || made == nil || !made.Exists || made.Guard || made.ETag == "" {
+		return
+	}
+	if sum, ok := wr.bodySum(&s.reused.bodies); ok {
+		s.reused.bodies.note(wr.key, sum, made.ETag)
+	}
+}
+
+// bodySum digests the write's body as the guard holds it (body.go).
+func (wr *write) bodySum(b *writtenBodies) (uint64, bool) {
+	if wr.r.GetBody == nil {
+		if wr.r.Body == nil || wr.r.Body == http.NoBody || wr.r.ContentLength == 0 {
+			return b.digest(strings.NewReader(""))
+		}
+		return 0, false
+	}
+	body, err := wr.r.GetBody()
+	if err != nil {
+		return 0, false
+	}
+	defer body.Close()
+	return b.digest(body)
 }
 
 // reveal switches the write's site to the guard's tags, on the evidence

@@ -298,11 +298,18 @@ func (wr *write) decide() *refusal {
 	if fromCache {
 		wr.older = cached.Superseded
 	}
-	crowded := fromCache && cached.Crowded
+	// A crowded date stays crowded when the upstream, asked again, shows
+	// the version the cache knew.
+	// An answer that gave no date left the date of the version it replaced:
+	// if the upstream shows it again, the write did not move it.
+	sameVersion := cached.Exists && cached.ETag != "" && cached.ETag == state.ETag
+	crowded := cached.Crowded && cached.Exists && (fromCache || sameVersion) ||
+		sameVersion && !cached.ReplacedDate.IsZero() && !state.LastModified.IsZero() && state.LastModified.Unix() <= cached.ReplacedDate.Unix()
 	if fromCache || stateKnown(state) {
 		wr.checked = etagcache.Version{
 			Exists: state.Exists, ETag: state.ETag, LastModified: state.LastModified, Superseded: wr.older,
 			Guard: wr.guardTagged, Crowded: crowded, TagsReused: fromCache && cached.TagsReused,
+			ReplacedDate: cached.ReplacedDate,
 		}
 		wr.checkedKnown = true
 	}
@@ -367,12 +374,21 @@ func (wr *write) end(forwarded bool, status int, made *etagcache.Version) {
 			// write, which the application may still apply.
 			h.abandon(wr)
 		}
-		h.store.commit(wr, wr.record(made))
+		recorded := wr.record(made)
+		if n, ok := h.versions.(writeNoter); ok {
+			n.wrote(wr, status, recorded)
+		}
+		h.store.commit(wr, recorded)
 	} else {
 		h.store.release(wr)
 	}
 	h.locks.Unlock(wr.key)
 	wr.fence.leave(h)
+}
+
+// A writeNoter is told of every forwarded write as it ends.
+type writeNoter interface {
+	wrote(wr *write, status int, made *etagcache.Version)
 }
 
 // record tells the process's cache the version the write made, and
@@ -388,6 +404,12 @@ func (wr *write) record(made *etagcache.Version) *etagcache.Version {
 	}
 	made.Superseded = etagcache.Supersede(wr.replaced, wr.older, made.ETag)
 	made.Crowded = wr.crowds(made)
+	if made.Exists && made.LastModified.IsZero() && wr.checkedKnown && wr.checked.Exists {
+		made.ReplacedDate = wr.checked.LastModified
+		if made.ReplacedDate.IsZero() {
+			made.ReplacedDate = wr.checked.ReplacedDate
+		}
+	}
 	if wr.distrust {
 		h.cache.Forget(wr.key)
 	} else {

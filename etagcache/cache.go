@@ -30,6 +30,11 @@ type Version struct {
 	// date did not advance), so a client holding that date may have read
 	// either.
 	Crowded bool
+	// ReplacedDate is, when LastModified is unknown (the write's answer gave
+	// none), the Last-Modified of the version the write replaced: if the
+	// upstream shows that date again, the write did not move it, and the
+	// date names both versions.
+	ReplacedDate time.Time
 	// TagsReused says the guard tagged this version because the upstream
 	// was seen to give a new version of its site a tag it had given an
 	// earlier one: every instance that finds it stops trusting that site's
@@ -192,6 +197,9 @@ const (
 	entryGuard
 	entryCrowded
 	entryReused
+	// entryReplacedDate: modSec and modNsec hold ReplacedDate, not
+	// LastModified.
+	entryReplacedDate
 )
 
 // slot holds a key's entry in ristretto, which keeps it by pointer: the
@@ -249,9 +257,13 @@ func newEntry(hash, gen uint64, v Version) entry {
 	if v.TagsReused {
 		e.flags |= entryReused
 	}
-	if !v.LastModified.IsZero() {
+	switch {
+	case !v.LastModified.IsZero():
 		e.flags |= entryModified
 		e.modSec, e.modNsec = v.LastModified.Unix(), int32(v.LastModified.Nanosecond())
+	case !v.ReplacedDate.IsZero():
+		e.flags |= entryReplacedDate
+		e.modSec, e.modNsec = v.ReplacedDate.Unix(), int32(v.ReplacedDate.Nanosecond())
 	}
 	if n := min(len(v.Superseded), MaxSuperseded); n > 0 {
 		e.nSuperseded, e.superseded = uint8(n), unsafe.SliceData(v.Superseded)
@@ -264,8 +276,11 @@ func newEntry(hash, gen uint64, v Version) entry {
 func (e *entry) version() Version {
 	v := Version{Exists: e.flags&entryExists != 0, ETag: e.etag, Guard: e.flags&entryGuard != 0,
 		Crowded: e.flags&entryCrowded != 0, TagsReused: e.flags&entryReused != 0}
-	if e.flags&entryModified != 0 {
+	switch {
+	case e.flags&entryModified != 0:
 		v.LastModified = time.Unix(e.modSec, int64(e.modNsec)).UTC()
+	case e.flags&entryReplacedDate != 0:
+		v.ReplacedDate = time.Unix(e.modSec, int64(e.modNsec)).UTC()
 	}
 	if e.nSuperseded > 0 {
 		v.Superseded = unsafe.Slice(e.superseded, e.nSuperseded)
@@ -285,6 +300,22 @@ func (e *entry) holds(v Version) bool {
 		return v.LastModified.IsZero()
 	}
 	return !v.LastModified.IsZero() && v.LastModified.Unix() == e.modSec && int32(v.LastModified.Nanosecond()) == e.modNsec
+}
+
+// carryOver returns v, a read's view of the version e holds, with what
+// only the write that made it knew: the tags it replaced, and whether its
+// date names an earlier version too.
+func (e *entry) carryOver(v Version) Version {
+	if v.Exists != (e.flags&entryExists != 0) || v.ETag != e.etag || v.Guard != (e.flags&entryGuard != 0) {
+		return v
+	}
+	old := e.version()
+	v.Superseded, v.TagsReused = old.Superseded, old.TagsReused
+	v.Crowded = old.Crowded || !old.ReplacedDate.IsZero() && !v.LastModified.IsZero() && v.LastModified.Unix() <= old.ReplacedDate.Unix()
+	if v.LastModified.IsZero() {
+		v.ReplacedDate = old.ReplacedDate
+	}
+	return v
 }
 
 // valid reports whether no write to the key's stripe happened since the
@@ -383,8 +414,12 @@ func (c *Cache) Learn(key string, s Stamp, v Version) {
 	in.taught[slot].Store(fp)
 	found, ok := in.rc.Get(key)
 	if ok {
-		if e := found.cur.Load(); e.hash == h && e.gen == s.gen && e.holds(v) {
+		e := found.cur.Load()
+		if e.hash == h && e.gen == s.gen && e.holds(v) {
 			return
+		}
+		if e.hash == h && e.gen == s.gen {
+			v = e.carryOver(v)
 		}
 		if !c.byBytes {
 			e := newEntry(h, s.gen, v)

@@ -185,7 +185,7 @@ func (s *Store) keys(key string) []string {
 }
 
 // Version fields in the hash: x (exists: "1" or "0", then "g" for the
-// guard's own tag, "c" for a crowded date, "r" for reused upstream tags), e (entity-tag), m
+// guard's own tag, "c" for a crowded date, "r" for reused upstream tags, "p" when m is the replaced version's date), e (entity-tag), m
 // (Last-Modified, Unix seconds, "" if unknown), s (superseded tags, one per
 // line), g (generation). x, e, m and s are present together or not at all.
 // While the lock is held, h and hx copy its token and expiry (Redis's
@@ -617,7 +617,8 @@ func parseVersion(f []any) (etagcache.Version, bool) {
 	}
 	// The first field is "1" or "0" (exists), followed by a letter for
 	// each flag: g, the guard's own tag; c, a crowded date; r, tags the
-	// upstream reused.
+	// upstream reused; p, m holds the date of the version replaced, not
+	// this one's.
 	v := etagcache.Version{Exists: strings.HasPrefix(x, "1")}
 	if len(x) > 1 {
 		v.Guard = strings.IndexByte(x[1:], 'g') >= 0
@@ -627,7 +628,11 @@ func parseVersion(f []any) (etagcache.Version, bool) {
 	v.ETag, _ = f[1].(string)
 	if m, _ := f[2].(string); m != "" {
 		if sec, err := strconv.ParseInt(m, 10, 64); err == nil {
-			v.LastModified = time.Unix(sec, 0).UTC()
+			if len(x) > 1 && strings.IndexByte(x[1:], 'p') >= 0 {
+				v.ReplacedDate = time.Unix(sec, 0).UTC()
+			} else {
+				v.LastModified = time.Unix(sec, 0).UTC()
+			}
 		}
 	}
 	if s, _ := f[3].(string); s != "" {
@@ -654,8 +659,12 @@ func formatVersion(v *etagcache.Version) []any {
 		x += "r"
 	}
 	m := ""
-	if !v.LastModified.IsZero() {
+	switch {
+	case !v.LastModified.IsZero():
 		m = strconv.FormatInt(v.LastModified.Unix(), 10)
+	case !v.ReplacedDate.IsZero():
+		x += "p"
+		m = strconv.FormatInt(v.ReplacedDate.Unix(), 10)
 	}
 	// Entity-tags cannot contain line breaks (RFC 9110, 8.8.3).
 	return []any{x, v.ETag, m, strings.Join(v.Superseded, "\n")}
