@@ -173,6 +173,73 @@ func TestAutoGoodETagsHashNothing(t *testing.T) {
 	}
 }
 
+// Weak content tags, as Express sends, name versions too: the guard uses
+// them without hashing.
+func TestAutoWeakETagsHashNothing(t *testing.T) {
+	res := lostUpdateRow(t, naiveCounters("backend with weak content ETags", backend.WeakETags), theTable(sendBackWhatWasRead))
+	if res.hashed != 0 || res.switches != 0 {
+		t.Errorf("in front of weak content ETags the guard hashed %v representations and switched %v times, want neither", res.hashed, res.switches)
+	}
+}
+
+// A write that stores the body the resource already has leaves a content
+// tag as it was, which looks like a reused tag. When the guard wrote that
+// body itself it knows better and keeps trusting the upstream; when the
+// version came from elsewhere it may switch, which may cost hashing, never
+// an update, and the client goes on either way.
+func TestAutoSameBodyWrittenAgain(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		// throughGuard: the version written again was written through
+		// the guard.
+		throughGuard bool
+	}{
+		{"written through the guard", true},
+		{"written elsewhere", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			store := newStore(map[string]string{"/doc": "before"})
+			startCaddy(t, fmtSite(`
+	write_guard
+	reverse_proxy %s`, startBackend(t, store)))
+			client := &http.Client{Timeout: 30 * time.Second}
+			tag := do(t, client, "GET", "/doc", "").header.Get("ETag")
+			waitLearned(t, "*/doc")
+			if c.throughGuard {
+				r := do(t, client, "PUT", "/doc", "same", "If-Match: "+tag)
+				if r.status != 200 {
+					t.Fatalf("the first write: %d %s", r.status, r.body)
+				}
+				tag = r.header.Get("ETag")
+			} else {
+				store.Put("/doc", []byte("same"))
+				tag = do(t, client, "GET", "/doc", "").header.Get("ETag")
+			}
+			if tag != store.ETagOf([]byte("same")) {
+				t.Fatalf("ETag %q of the version, want the upstream's %s", tag, store.ETagOf([]byte("same")))
+			}
+			if r := do(t, client, "PUT", "/doc", "same", "If-Match: "+tag); r.status != 200 {
+				t.Fatalf("writing the same body again: %d %s", r.status, r.body)
+			}
+			_, switched := sourceOf(etagSourcesAt(t, "http://localhost:2999"), "*")
+			read := do(t, client, "GET", "/doc", "")
+			t.Logf("after the same body was written again: switched %v, GET ETag %s", switched, read.header.Get("ETag"))
+			if c.throughGuard && switched {
+				t.Errorf("the guard switched the site although it wrote the body of the version itself")
+			}
+			if r := do(t, client, "PUT", "/doc", "changed", "If-Match: "+read.header.Get("ETag")); r.status != 200 {
+				t.Fatalf("a write naming the tag read after it: %d %s", r.status, r.body)
+			}
+			if r := do(t, client, "PUT", "/doc", "over changed", "If-Match: "+read.header.Get("ETag")); r.status != http.StatusPreconditionFailed {
+				t.Fatalf("a write naming the version the last one replaced: %d %s", r.status, r.body)
+			}
+			if got := mustBody(t, store, "/doc"); got != "changed" {
+				t.Fatalf("the backend holds %q", got)
+			}
+		})
+	}
+}
+
 // Two date-validated writes that name one Last-Modified can never both
 // pass, even when they arrive within the second the date names.
 func TestAutoDateValidatedWritesOnePerDate(t *testing.T) {
