@@ -197,3 +197,44 @@ func TestAutoSwitchAcrossInstances(t *testing.T) {
 		t.Errorf("neither instance logged a switch")
 	}
 }
+
+// With store redis, the instance that saw the switch records the version
+// the write made with the guard's tag; another instance that finds it
+// there refuses the upstream's tag for that resource too.
+func TestAutoSwitchAdoptedByAnotherInstance(t *testing.T) {
+	srv := redistest.Start(t)
+	store := newStore(map[string]string{"/doc": "v1"})
+	store.ETags = backend.ConstantETags
+	upstream := startBackend(t, store)
+	a := startInstance(t, guardSite(upstream, redisOpts(srv, "")))
+	b := startInstance(t, guardSite(upstream, redisOpts(srv, "")))
+	routeTag := backend.RouteETag("/doc")
+
+	if tag := send(t, "GET", a.base+"/doc", "").header.Get("ETag"); tag != routeTag {
+		t.Fatalf("GET through A: ETag %q, want the upstream's %s", tag, routeTag)
+	}
+	if r := send(t, "PUT", a.base+"/doc", "v2", "If-Match: "+routeTag); r.status != 200 {
+		t.Fatalf("the revealing write through A: %d %s", r.status, r.body)
+	}
+	if _, ok := sourceOf(etagSourcesAt(t, a.admin), "127.0.0.1"); !ok {
+		t.Fatalf("A does not list the site as switched: %+v", etagSourcesAt(t, a.admin))
+	}
+
+	// B has seen nothing of it but what Redis holds.
+	stale := send(t, "PUT", b.base+"/doc", "lost", "If-Match: "+routeTag)
+	if stale.status != http.StatusPreconditionFailed {
+		t.Fatalf("a write through B naming the upstream's tag: %d %s, want 412", stale.status, stale.body)
+	}
+	problemOf(t, stale)
+	if got := mustBody(t, store, "/doc"); got != "v2" {
+		t.Fatalf("the backend holds %q, want v2", got)
+	}
+	read := send(t, "GET", b.base+"/doc", "")
+	if tag := read.header.Get("ETag"); tag != guardTag([]byte("v2")) {
+		t.Fatalf("GET through B: ETag %q, want the guard's %s", tag, guardTag([]byte("v2")))
+	}
+	if r := send(t, "PUT", b.base+"/doc", "v3", "If-Match: "+read.header.Get("ETag")); r.status != 200 {
+		t.Fatalf("a write through B naming the guard's tag: %d %s", r.status, r.body)
+	}
+	t.Logf("B's etag_sources after it: %+v; switch logged by A %d, by B %d times", etagSourcesAt(t, b.admin), logged(logSwitched, a), logged(logSwitched, b))
+}
