@@ -209,3 +209,40 @@ func TestAdminLookupDoesNotCountAsCacheTraffic(t *testing.T) {
 		t.Errorf("two admin lookups moved the cache counters: hits %d→%d, misses %d→%d", before.Hits, after.Hits, before.Misses, after.Misses)
 	}
 }
+
+// The admin API lists the sites tagged by the guard with their evidence,
+// and trusts a site's upstream tags again on DELETE.
+func TestAdminETagSources(t *testing.T) {
+	reused, key, err := attachReusedTags()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pool.Delete(key) })
+	h := newTestHandler(t, &Handler{reused: reused})
+	doc := newTaggedDoc("v1", func(string) string { return `"route"` })
+	doc.answerTag = true
+	serve(t, h, doc, "PUT", "/doc", "v2", `If-Match: "route"`)
+
+	api := adminAPI{}
+	get := httptest.NewRecorder()
+	if err := api.handleETagSources(get, httptest.NewRequest("GET", "/write_guard/etag_sources", nil)); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(get.Body.String(), `"site":"example.com"`) || !strings.Contains(get.Body.String(), `"etag":"\"route\""`) {
+		t.Fatalf("GET: %s", get.Body)
+	}
+	stats := httptest.NewRecorder()
+	if err := api.handleStats(stats, httptest.NewRequest("GET", "/write_guard/stats", nil)); err != nil || !strings.Contains(stats.Body.String(), `"etag_sources":[{"site":"example.com"`) {
+		t.Fatalf("stats: %v %s", err, stats.Body)
+	}
+	del := httptest.NewRecorder()
+	if err := api.handleETagSources(del, httptest.NewRequest("DELETE", "/write_guard/etag_sources?site=example.com", nil)); err != nil || del.Code != http.StatusNoContent {
+		t.Fatalf("DELETE: %v %d", err, del.Code)
+	}
+	if reused.untrusted("example.com") {
+		t.Fatal("still distrusted")
+	}
+	if err := api.handleETagSources(httptest.NewRecorder(), httptest.NewRequest("DELETE", "/write_guard/etag_sources?site=example.com", nil)); err == nil {
+		t.Fatal("DELETE of a site not listed: no error")
+	}
+}

@@ -37,13 +37,15 @@ type reusedTags struct {
 	bodies writtenBodies
 }
 
-// writtenBodies remembers, for the resources last written by PUT, a digest
-// of the body and the tag the upstream gave the version it made. A write
-// whose tag comes back unchanged, and whose body is the one that made the
-// version it was checked against, changed nothing: that is no evidence
-// against the upstream's tags. It is a table of fixed size in which
-// resources that share a slot push each other out: forgetting only costs
-// a false alarm, which costs hashing.
+// writtenBodies remembers, for the resources last written by PUT, digests
+// of the bodies of their last few PUTs and the tags the upstream gave the
+// versions they made. A write whose tag comes back (the one it was checked
+// against, or an earlier one), and whose body is the one that made the
+// version with that tag, changed nothing that tag does not name: a form
+// saved twice, a toggle set back. That is no evidence against the
+// upstream's tags. It is a table of fixed size in which resources that
+// share a slot push each other out: forgetting only costs a false alarm,
+// which costs hashing.
 type writtenBodies struct {
 	once  sync.Once
 	seed  maphash.Seed
@@ -51,12 +53,18 @@ type writtenBodies struct {
 	slots []writtenBody
 }
 
+// writtenBody holds a resource's last bodies, newest first.
 type writtenBody struct {
-	key, sum uint64
-	tag      string
+	key  uint64
+	n    int
+	sums [writtenBodiesKept]uint64
+	tags [writtenBodiesKept]string
 }
 
-const writtenBodySlots = 1 << 14
+const (
+	writtenBodySlots  = 1 << 13
+	writtenBodiesKept = 4
+)
 
 func (b *writtenBodies) slot(key string) (*writtenBody, uint64) {
 	b.once.Do(func() {
@@ -72,17 +80,34 @@ func (b *writtenBodies) slot(key string) (*writtenBody, uint64) {
 func (b *writtenBodies) note(key string, sum uint64, tag string) {
 	s, h := b.slot(key)
 	b.mu.Lock()
-	*s = writtenBody{key: h, sum: sum, tag: tag}
-	b.mu.Unlock()
+	defer b.mu.Unlock()
+	if s.key != h {
+		*s = writtenBody{key: h}
+	}
+	copy(s.sums[1:], s.sums[:writtenBodiesKept-1])
+	copy(s.tags[1:], s.tags[:writtenBodiesKept-1])
+	s.sums[0], s.tags[0] = sum, tag
+	s.n = min(s.n+1, writtenBodiesKept)
 }
 
-// same reports whether the version of key tagged tag was made by a PUT of
-// a body with digest sum.
+// same reports whether a version of key tagged tag was made by a PUT of a
+// body with digest sum.
 func (b *writtenBodies) same(key string, sum uint64, tag string) bool {
+	if tag == "" {
+		return false
+	}
 	s, h := b.slot(key)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return s.key == h && s.sum == sum && s.tag == tag && tag != ""
+	if s.key != h {
+		return false
+	}
+	for i := range s.n {
+		if s.tags[i] == tag && s.sums[i] == sum {
+			return true
+		}
+	}
+	return false
 }
 
 // digest digests a body for writtenBodies.

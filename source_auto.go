@@ -166,7 +166,9 @@ func (ar *autoReader) WriteHeader(status int) {
 	}
 	if !ar.wroteHeader && status >= 200 && status < 300 && status != http.StatusPartialContent && ar.Header().Get("Etag") == "" {
 		ar.wroteHeader = true
-		hw := ar.s.hash.newHashingWriter(ar.ResponseWriter, ar.r, ar.head)
+		// With the stamp taken before the upstream was asked: a write that
+		// overtook this answer must keep it out of the cache.
+		hw := ar.s.hash.hashingWriterFor(ar.ResponseWriter, ar.r, ar.head, ar.learn, ar.key, ar.stamp)
 		if !ar.ifNoneMatch {
 			hw.ifNoneMatch = nil
 		}
@@ -298,12 +300,12 @@ func (s *autoVersions) afterWrite(wr *write, r *http.Request, answerTag string) 
 	return v, known, nil
 }
 
-// changedNothing reports whether a write whose new version shows tag, the
-// tag it was checked against, wrote the body that made that version: a
-// form saved twice, a retry. Tags made of the content stay as they were
-// then, which is no evidence against them.
+// changedNothing reports whether a write whose new version shows tag, one
+// its resource had before, wrote the body that made the version with that
+// tag: a form saved twice, a toggle set back, a retry. Tags made of the
+// content come back with it, which is no evidence against them.
 func (s *autoVersions) changedNothing(wr *write, tag string) bool {
-	if tag != wr.replaced || wr.method != http.MethodPut {
+	if wr.method != http.MethodPut {
 		return false
 	}
 	sum, ok := wr.bodySum(&s.reused.bodies)

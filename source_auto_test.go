@@ -306,3 +306,73 @@ func TestUpstreamETagsNeverSwitch(t *testing.T) {
 }
 
 var _ caddyhttp.Handler = (*taggedDoc)(nil)
+
+// A read of an untagged representation that a write overtook (its answer
+// was made before the write and arrives after it) must not teach the
+// cache the version it shows: a write naming that version would pass.
+func TestAutoOvertakenUntaggedReadTeachesNothing(t *testing.T) {
+	doc := newTaggedDoc("v1", func(string) string { return "" })
+	h := newTestHandler(t, &Handler{})
+	tag := serve(t, h, doc, "GET", "/doc", "").Header().Get("Etag")
+	h.cache.Wait()
+
+	answered, release := make(chan struct{}), make(chan struct{})
+	slowRead := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		if r.Method != http.MethodGet || r.Header.Get("X-Slow") == "" {
+			return doc.ServeHTTP(w, r)
+		}
+		body := doc.current()
+		close(answered)
+		<-release // the write happens here
+		w.Header().Set("Last-Modified", time.Now().UTC().Format(http.TimeFormat))
+		io.WriteString(w, body)
+		return nil
+	})
+	done := make(chan string)
+	go func() {
+		done <- serve(t, h, slowRead, "GET", "/doc", "", "X-Slow: 1").Header().Get("Etag")
+	}()
+	<-answered
+	if w := serve(t, h, doc, "PUT", "/doc", "v2", "If-Match: "+tag); w.Code != http.StatusNoContent {
+		t.Fatalf("PUT: %d %s", w.Code, w.Body)
+	}
+	close(release)
+	if old := <-done; old != tag {
+		t.Fatalf("the overtaken read was tagged %q, want v1's %q", old, tag)
+	}
+	h.cache.Wait()
+	if w := serve(t, h, doc, "PUT", "/doc", "lost?", "If-Match: "+tag); w.Code != http.StatusPreconditionFailed {
+		t.Fatalf("PUT naming the version the overtaken read showed: %d (v2 lost)", w.Code)
+	}
+}
+
+// A toggle set back (a body written before, whose tag a write replaced)
+// brings an older tag back: no evidence when a PUT through the guard made
+// that tag with that body.
+func TestAutoToggleSetBackIsNoEvidence(t *testing.T) {
+	doc := newTaggedDoc("new", contentTag)
+	h := newTestHandler(t, &Handler{})
+	serve(t, h, doc, "GET", "/doc", "")
+	h.cache.Wait()
+	tag := contentTag("new")
+	for _, body := range []string{"off", "on", "off", "on", "off"} {
+		w := serve(t, h, doc, "PUT", "/doc", body, "If-Match: "+tag)
+		if w.Code != http.StatusNoContent {
+			t.Fatalf("PUT %s: %d %s", body, w.Code, w.Body)
+		}
+		tag = contentTag(body)
+	}
+	if h.reused.untrusted("example.com") {
+		t.Fatalf("a toggle switched the site: %+v", h.reused.list())
+	}
+	// A tag of the size alone brings back a tag with another body: that is
+	// evidence.
+	bySize := newTaggedDoc("aa", func(b string) string { return `"` + strings.Repeat("x", len(b)) + `"` })
+	h2 := newTestHandler(t, &Handler{})
+	for _, step := range [][2]string{{`"xx"`, "bbb"}, {`"xxx"`, "cc"}} {
+		serve(t, h2, bySize, "PUT", "/doc", step[1], "If-Match: "+step[0])
+	}
+	if !h2.reused.untrusted("example.com") {
+		t.Fatal("a size tag that came back with another body was trusted")
+	}
+}

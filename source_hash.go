@@ -196,21 +196,33 @@ func (s *hashVersions) serveRead(w http.ResponseWriter, r *http.Request, next ca
 }
 
 // newHashingWriter returns the writer that tags the answer to the read r.
+// The stamp is taken now, before the upstream is asked.
 func (s *hashVersions) newHashingWriter(w http.ResponseWriter, r *http.Request, head bool) *hashingWriter {
 	h := s.h
-	hw := &hashingWriter{
+	var key string
+	var stamp etagcache.Stamp
+	learn := h.learnsFrom(r)
+	if learn {
+		key = h.resourceKey(r)
+		stamp = h.cache.Stamp(key)
+	}
+	return s.hashingWriterFor(w, r, head, learn, key, stamp)
+}
+
+// hashingWriterFor returns the writer that tags the answer to the read r,
+// which teaches the cache (learn) key's version if no write was recorded
+// since stamp.
+func (s *hashVersions) hashingWriterFor(w http.ResponseWriter, r *http.Request, head, learn bool, key string, stamp etagcache.Stamp) *hashingWriter {
+	return &hashingWriter{
 		ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
-		h:                     h,
+		h:                     s.h,
 		r:                     r,
 		head:                  head,
-		learn:                 h.learnsFrom(r),
+		learn:                 learn,
+		key:                   key,
+		stamp:                 stamp,
+		ifNoneMatch:           parsedList(r.Header, "If-None-Match"),
 	}
-	if hw.learn {
-		hw.key = h.resourceKey(r)
-		hw.stamp = h.cache.Stamp(hw.key)
-	}
-	hw.ifNoneMatch = parsedList(r.Header, "If-None-Match")
-	return hw
 }
 
 // errAnswerAborted reports an upstream answer that broke off while it was

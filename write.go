@@ -292,6 +292,11 @@ func (wr *write) decide() *refusal {
 			return ref
 		}
 		o = wr.cond.Evaluate(state, h.matching)
+		if cached.FromAnswer && cached.Exists && state.Exists && state.ETag != "" && state.ETag != cached.ETag {
+			// The upstream names the version its answer tagged otherwise:
+			// that tag stays refused (etagcache.Version.FromAnswer).
+			wr.older = etagcache.Supersede(cached.ETag, cached.Superseded, state.ETag)
+		}
 	}
 	wr.replaced = state.ETag
 	wr.set("http.write_guard.etag", (*placeholderString)(&wr.replaced))
@@ -435,6 +440,7 @@ func (wr *write) answered(status int, etag, lastModified string) *etagcache.Vers
 		return nil
 	default:
 		wr.made, _ = versionFromResponse(status, etag, lastModified)
+		wr.made.FromAnswer = true
 	}
 	return &wr.made
 }

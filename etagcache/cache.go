@@ -35,6 +35,12 @@ type Version struct {
 	// upstream shows that date again, the write did not move it, and the
 	// date names both versions.
 	ReplacedDate time.Time
+	// FromAnswer says ETag is the one a write's answer carried, which a
+	// read or a version check has not shown yet. An upstream that tags its
+	// answers' own bodies (a status document) gives every write's answer
+	// one tag that names no version: a read that shows another tag for
+	// the same version keeps the answer's among the tags replaced.
+	FromAnswer bool
 	// TagsReused says the guard tagged this version because the upstream
 	// was seen to give a new version of its site a tag it had given an
 	// earlier one: every instance that finds it stops trusting that site's
@@ -197,6 +203,7 @@ const (
 	entryGuard
 	entryCrowded
 	entryReused
+	entryFromAnswer
 	// entryReplacedDate: modSec and modNsec hold ReplacedDate, not
 	// LastModified.
 	entryReplacedDate
@@ -257,6 +264,9 @@ func newEntry(hash, gen uint64, v Version) entry {
 	if v.TagsReused {
 		e.flags |= entryReused
 	}
+	if v.FromAnswer {
+		e.flags |= entryFromAnswer
+	}
 	switch {
 	case !v.LastModified.IsZero():
 		e.flags |= entryModified
@@ -275,7 +285,7 @@ func newEntry(hash, gen uint64, v Version) entry {
 // MaxSuperseded superseded tags, an empty list as nil.
 func (e *entry) version() Version {
 	v := Version{Exists: e.flags&entryExists != 0, ETag: e.etag, Guard: e.flags&entryGuard != 0,
-		Crowded: e.flags&entryCrowded != 0, TagsReused: e.flags&entryReused != 0}
+		Crowded: e.flags&entryCrowded != 0, TagsReused: e.flags&entryReused != 0, FromAnswer: e.flags&entryFromAnswer != 0}
 	switch {
 	case e.flags&entryModified != 0:
 		v.LastModified = time.Unix(e.modSec, int64(e.modNsec)).UTC()
@@ -306,6 +316,13 @@ func (e *entry) holds(v Version) bool {
 // only the write that made it knew: the tags it replaced, and whether its
 // date names an earlier version too.
 func (e *entry) carryOver(v Version) Version {
+	if e.flags&entryFromAnswer != 0 && e.flags&entryExists != 0 && v.Exists && v.ETag != "" && v.ETag != e.etag {
+		// The same version, shown with another tag than its write's answer
+		// gave it: that tag stays refused.
+		old := e.version()
+		v.Superseded = Supersede(old.ETag, old.Superseded, v.ETag)
+		return v
+	}
 	if v.Exists != (e.flags&entryExists != 0) || v.ETag != e.etag || v.Guard != (e.flags&entryGuard != 0) {
 		return v
 	}

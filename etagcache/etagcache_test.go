@@ -868,3 +868,37 @@ func TestLearnReplacesInPlace(t *testing.T) {
 		t.Fatalf("after the read: %+v, %v", v, ok)
 	}
 }
+
+// A read that shows the version a write recorded keeps what only the write
+// knew (the tags it replaced, a crowded date, reused tags), and a read that
+// shows the date of the version the write replaced again makes it crowded.
+func TestReadsKeepWhatWritesKnew(t *testing.T) {
+	for _, byBytes := range []bool{false, true} {
+		cfg := Config{MaxEntries: 1000}
+		if byBytes {
+			cfg = Config{MaxBytes: 1 << 20}
+		}
+		c := newCache(t, cfg)
+		lm := time.Unix(1_700_000_000, 0).UTC()
+		c.Record("a", Version{Exists: true, ETag: `"2"`, LastModified: lm, Crowded: true, TagsReused: true, Guard: true, Superseded: []string{`"1"`}})
+		c.Record("b", Version{Exists: true, ETag: `"2"`, ReplacedDate: lm})
+		c.Wait()
+		c.Learn("a", c.Stamp("a"), Version{Exists: true, ETag: `"2"`, LastModified: lm.Add(time.Second), Guard: true})
+		c.Learn("b", c.Stamp("b"), Version{Exists: true, ETag: `"2"`, LastModified: lm})
+		c.Wait()
+		a, _ := c.Get("a")
+		if !a.Crowded || !a.TagsReused || len(a.Superseded) != 1 || !a.LastModified.Equal(lm.Add(time.Second)) {
+			t.Errorf("bytes %v: a read forgot what the write knew: %+v", byBytes, a)
+		}
+		b, _ := c.Get("b")
+		if !b.Crowded || !b.LastModified.Equal(lm) {
+			t.Errorf("bytes %v: the date of the replaced version came back and the version is not crowded: %+v", byBytes, b)
+		}
+		// Another version learned by a read keeps nothing of the old one.
+		c.Learn("a", c.Stamp("a"), Version{Exists: true, ETag: `"3"`, LastModified: lm, Guard: true})
+		c.Wait()
+		if a, _ := c.Get("a"); a.Crowded || a.TagsReused || a.Superseded != nil {
+			t.Errorf("bytes %v: another version inherited the old one's: %+v", byBytes, a)
+		}
+	}
+}

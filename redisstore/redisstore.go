@@ -185,7 +185,7 @@ func (s *Store) keys(key string) []string {
 }
 
 // Version fields in the hash: x (exists: "1" or "0", then "g" for the
-// guard's own tag, "c" for a crowded date, "r" for reused upstream tags, "p" when m is the replaced version's date), e (entity-tag), m
+// guard's own tag, "c" for a crowded date, "r" for reused upstream tags, "a" for a tag taken from a write's answer, "p" when m is the replaced version's date), e (entity-tag), m
 // (Last-Modified, Unix seconds, "" if unknown), s (superseded tags, one per
 // line), g (generation). x, e, m and s are present together or not at all.
 // While the lock is held, h and hx copy its token and expiry (Redis's
@@ -624,6 +624,7 @@ func parseVersion(f []any) (etagcache.Version, bool) {
 		v.Guard = strings.IndexByte(x[1:], 'g') >= 0
 		v.Crowded = strings.IndexByte(x[1:], 'c') >= 0
 		v.TagsReused = strings.IndexByte(x[1:], 'r') >= 0
+		v.FromAnswer = strings.IndexByte(x[1:], 'a') >= 0
 	}
 	v.ETag, _ = f[1].(string)
 	if m, _ := f[2].(string); m != "" {
@@ -657,6 +658,9 @@ func formatVersion(v *etagcache.Version) []any {
 	}
 	if v.TagsReused {
 		x += "r"
+	}
+	if v.FromAnswer {
+		x += "a"
 	}
 	m := ""
 	switch {

@@ -3,6 +3,7 @@ package redisstore
 import (
 	"context"
 	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -579,4 +580,23 @@ func TestForgetAllAfterScriptsFlushed(t *testing.T) {
 	}
 	l.Distrust()
 	l.Restore(ctx, nil)
+}
+
+// What etags auto and the date checks know of a version reaches every
+// instance: its flags and the date of the version it replaced survive the
+// trip through Redis.
+func TestVersionFlagsRoundTrip(t *testing.T) {
+	lm := time.Unix(1_700_000_000, 0).UTC()
+	for _, v := range []etagcache.Version{
+		{Exists: true, ETag: `"g"`, LastModified: lm, Guard: true, Crowded: true, TagsReused: true, Superseded: []string{`"route"`}},
+		{Exists: true, ETag: `"u"`, ReplacedDate: lm, FromAnswer: true},
+		{Exists: true, ETag: `"plain"`, LastModified: lm},
+		{},
+	} {
+		f := formatVersion(&v)
+		got, ok := parseVersion(f)
+		if !ok || !reflect.DeepEqual(got, v) {
+			t.Errorf("%+v came back as %+v (%v)", v, got, ok)
+		}
+	}
 }
