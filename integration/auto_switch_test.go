@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"bytes"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -200,41 +202,89 @@ func TestAutoSwitchAcrossInstances(t *testing.T) {
 
 // With store redis, the instance that saw the switch records the version
 // the write made with the guard's tag; another instance that finds it
-// there refuses the upstream's tag for that resource too.
+// there refuses the upstream's tag for that resource too: one that joins
+// after the switch, and one that served before it and reloads after.
 func TestAutoSwitchAdoptedByAnotherInstance(t *testing.T) {
-	srv := redistest.Start(t)
-	store := newStore(map[string]string{"/doc": "v1"})
-	store.ETags = backend.ConstantETags
-	upstream := startBackend(t, store)
-	a := startInstance(t, guardSite(upstream, redisOpts(srv, "")))
-	b := startInstance(t, guardSite(upstream, redisOpts(srv, "")))
-	routeTag := backend.RouteETag("/doc")
+	for _, c := range []struct {
+		name string
+		// reloadB: B serves a write before the switch and reloads after.
+		reloadB bool
+	}{
+		{"new instance", false},
+		{"reloaded instance", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			srv := redistest.Start(t)
+			store := newStore(map[string]string{"/doc": "v1"})
+			store.ETags = backend.ConstantETags
+			upstream := startBackend(t, store)
+			a := startInstance(t, guardSite(upstream, redisOpts(srv, "")))
+			b := startInstance(t, guardSite(upstream, redisOpts(srv, "")))
+			routeTag := backend.RouteETag("/doc")
+			if c.reloadB {
+				activate(t, entrance{base: b.base})
+			}
 
-	if tag := send(t, "GET", a.base+"/doc", "").header.Get("ETag"); tag != routeTag {
-		t.Fatalf("GET through A: ETag %q, want the upstream's %s", tag, routeTag)
-	}
-	if r := send(t, "PUT", a.base+"/doc", "v2", "If-Match: "+routeTag); r.status != 200 {
-		t.Fatalf("the revealing write through A: %d %s", r.status, r.body)
-	}
-	if _, ok := sourceOf(etagSourcesAt(t, a.admin), "127.0.0.1"); !ok {
-		t.Fatalf("A does not list the site as switched: %+v", etagSourcesAt(t, a.admin))
-	}
+			if tag := send(t, "GET", a.base+"/doc", "").header.Get("ETag"); tag != routeTag {
+				t.Fatalf("GET through A: ETag %q, want the upstream's %s", tag, routeTag)
+			}
+			if r := send(t, "PUT", a.base+"/doc", "v2", "If-Match: "+routeTag); r.status != 200 {
+				t.Fatalf("the revealing write through A: %d %s", r.status, r.body)
+			}
+			if _, ok := sourceOf(etagSourcesAt(t, a.admin), "127.0.0.1"); !ok {
+				t.Fatalf("A does not list the site as switched: %+v", etagSourcesAt(t, a.admin))
+			}
+			if c.reloadB {
+				b.reload(t)
+			}
 
-	// B has seen nothing of it but what Redis holds.
-	stale := send(t, "PUT", b.base+"/doc", "lost", "If-Match: "+routeTag)
-	if stale.status != http.StatusPreconditionFailed {
-		t.Fatalf("a write through B naming the upstream's tag: %d %s, want 412", stale.status, stale.body)
+			// B has seen nothing of it but what Redis holds.
+			stale := send(t, "PUT", b.base+"/doc", "lost", "If-Match: "+routeTag)
+			if stale.status != http.StatusPreconditionFailed {
+				t.Fatalf("a write through B naming the upstream's tag: %d %s, want 412; the backend holds %q", stale.status, stale.body, mustBody(t, store, "/doc"))
+			}
+			problemOf(t, stale)
+			if got := mustBody(t, store, "/doc"); got != "v2" {
+				t.Fatalf("the backend holds %q, want v2", got)
+			}
+			read := send(t, "GET", b.base+"/doc", "")
+			if tag := read.header.Get("ETag"); tag != guardTag([]byte("v2")) {
+				t.Fatalf("GET through B: ETag %q, want the guard's %s", tag, guardTag([]byte("v2")))
+			}
+			if r := send(t, "PUT", b.base+"/doc", "v3", "If-Match: "+read.header.Get("ETag")); r.status != 200 {
+				t.Fatalf("a write through B naming the guard's tag: %d %s", r.status, r.body)
+			}
+			t.Logf("B's etag_sources after it: %+v; switch logged by A %d, by B %d times", etagSourcesAt(t, b.admin), logged(logSwitched, a), logged(logSwitched, b))
+		})
 	}
-	problemOf(t, stale)
-	if got := mustBody(t, store, "/doc"); got != "v2" {
-		t.Fatalf("the backend holds %q, want v2", got)
+}
+
+// reload loads the instance's configuration again, as it is: Caddy
+// provisions it anew when told the old one must not be kept.
+func (i *instance) reload(t *testing.T) {
+	t.Helper()
+	resp, err := http.Get(i.admin + "/config/")
+	if err != nil {
+		t.Fatal(err)
 	}
-	read := send(t, "GET", b.base+"/doc", "")
-	if tag := read.header.Get("ETag"); tag != guardTag([]byte("v2")) {
-		t.Fatalf("GET through B: ETag %q, want the guard's %s", tag, guardTag([]byte("v2")))
+	cfg, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("reading the config of %s: %d %v", i.base, resp.StatusCode, err)
 	}
-	if r := send(t, "PUT", b.base+"/doc", "v3", "If-Match: "+read.header.Get("ETag")); r.status != 200 {
-		t.Fatalf("a write through B naming the guard's tag: %d %s", r.status, r.body)
+	req, _ := http.NewRequest(http.MethodPost, i.admin+"/load", bytes.NewReader(cfg))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Cache-Control", "must-revalidate")
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("B's etag_sources after it: %+v; switch logged by A %d, by B %d times", etagSourcesAt(t, b.admin), logged(logSwitched, a), logged(logSwitched, b))
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("reloading %s: %d %s", i.base, resp.StatusCode, body)
+	}
+	// The old server closes its idle connections, and a PUT sent on one
+	// is not retried.
+	http.DefaultTransport.(*http.Transport).CloseIdleConnections()
 }
