@@ -82,3 +82,25 @@ func refuseCrowdedDate() *refusal {
 		Detail: "Two versions of this resource carry the same Last-Modified date (both were written within one second), so If-Unmodified-Since cannot tell which one you read. GET the resource and repeat the write with If-Match set to the ETag of that response.",
 	}}
 }
+
+// withoutAmbiguousDate returns r without its If-Modified-Since when r asks
+// by date alone (no If-None-Match) whether a version is current that the
+// cache knows to share its date with another: the upstream would answer
+// 304 to a client holding the other version. The full answer is right
+// for both.
+func (h *Handler) withoutAmbiguousDate(r *http.Request, key string) *http.Request {
+	hdr := r.Header
+	if _, ims := hdr["If-Modified-Since"]; !ims {
+		return r
+	}
+	if _, inm := hdr["If-None-Match"]; inm {
+		return r
+	}
+	if v, ok := h.cache.Get(key); !ok || !v.Crowded {
+		return r
+	}
+	r = r.WithContext(r.Context())
+	r.Header = hdr.Clone()
+	r.Header.Del("If-Modified-Since")
+	return r
+}

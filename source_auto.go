@@ -90,6 +90,7 @@ func (s *autoVersions) serveRead(w http.ResponseWriter, r *http.Request, next ca
 	if ar.learn {
 		ar.key = h.resourceKey(r)
 		ar.stamp = h.cache.Stamp(ar.key)
+		r = h.withoutAmbiguousDate(r, ar.key)
 	}
 	hdr := r.Header
 	_, inm := hdr["If-None-Match"]
@@ -223,9 +224,13 @@ func (s *autoVersions) probe(r *http.Request, next caddyhttp.Handler) (*probeRes
 	return resp, v, known, err
 }
 
-// guardTags reports whether the cache knows r's resource by the guard's
-// tag.
+// guardTags reports whether r's resource is known by the guard's tag: to
+// the write whose version check r is (from the store it found the version
+// in), or to the cache.
 func (s *autoVersions) guardTags(r *http.Request) bool {
+	if wr, _ := r.Context().Value(guardedCtxKey{}).(*write); wr != nil && wr.guardTagged {
+		return true
+	}
 	if !s.h.learnsFrom(r) {
 		return false
 	}
@@ -337,6 +342,19 @@ func (wr *write) bodySum(b *writtenBodies) (uint64, bool) {
 	}
 	defer body.Close()
 	return b.digest(body)
+}
+
+// guardedAfterWrite asks for the version a write made of a resource the
+// guard tags. In a site whose upstream tags are distrusted the version
+// says so (TagsReused), so that an instance sharing the store that has not
+// seen the switch yet adopts it when it finds the version, instead of
+// handing out and trusting the upstream's tags meanwhile.
+func (s *autoVersions) guardedAfterWrite(wr *write, r *http.Request) (etagcache.Version, bool, error) {
+	_, v, known, err := s.hash.probe(r, wr.next)
+	if known && v.Guard && s.siteUntrusted(wr.r) {
+		v.TagsReused = true
+	}
+	return v, known, err
 }
 
 // reveal switches the write's site to the guard's tags, on the evidence

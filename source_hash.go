@@ -191,6 +191,9 @@ func (s *hashVersions) serveRead(w http.ResponseWriter, r *http.Request, next ca
 	// A panic (reverse_proxy's abort when the upstream's body breaks off)
 	// must leave no flush timer to write on a response that is gone.
 	defer hw.abandon()
+	if hw.learn {
+		r = h.withoutAmbiguousDate(r, hw.key)
+	}
 	err := hw.serveNext(next, withoutValidators(r))
 	return hw.finish(err)
 }
@@ -936,7 +939,7 @@ func (tw *taggingWriter) complete(err error) error {
 	case tw.auto == nil:
 		_, v, known, perr = h.versions.probe(r, wr.next)
 	case tw.guarded:
-		_, v, known, perr = tw.auto.hash.probe(r, wr.next)
+		v, known, perr = tw.auto.guardedAfterWrite(wr, r)
 	default:
 		v, known, perr = tw.auto.afterWrite(wr, r, tw.answerTag)
 	}

@@ -37,6 +37,7 @@ func (s upstreamVersions) serveRead(w http.ResponseWriter, r *http.Request, next
 	if learn {
 		lw.key = h.resourceKey(r)
 		lw.stamp = h.cache.Stamp(lw.key)
+		r = h.withoutAmbiguousDate(r, lw.key)
 	}
 	return next.ServeHTTP(lw, r)
 }
