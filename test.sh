@@ -2,7 +2,9 @@
 # The whole test suite, with everything it runs against: installs what is
 # missing (redis-server, for the tests of store redis; npm, and with it the
 # json-server of integration/jsonserver, for the tests of Idempotency-Key in
-# front of a real REST app) when it can, then vets and runs every test under
+# front of a real REST app; nginx-light, a real file server with WebDAV and
+# mtime-size ETags, and chromium, a real browser with its HTTP cache, for
+# the tests of etags auto) when it can, then vets and runs every test under
 # the race detector. With CI set, tests that need a missing program fail
 # rather than skip.
 set -euo pipefail
@@ -11,11 +13,17 @@ cd "$(dirname "$0")"
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v npm >/dev/null || missing+=(npm)
+# nginx lives in /usr/sbin, which is not in every PATH.
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v chromium >/dev/null || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 		apt-get update -qq && apt-get install -y -qq "${missing[@]}"
-		# The package starts a server on the default port; the tests run their own.
-		if command -v service >/dev/null; then service redis-server stop >/dev/null 2>&1 || true; fi
+		# The packages start servers on the default ports; the tests run their own.
+		if command -v service >/dev/null; then
+			service redis-server stop >/dev/null 2>&1 || true
+			service nginx stop >/dev/null 2>&1 || true
+		fi
 	else
 		echo "missing: ${missing[*]} (install them, e.g. apt-get install ${missing[*]})" >&2
 		exit 1

@@ -403,7 +403,18 @@ func TestAdminFindsResourcesUnderAnyOfTheSiteNames(t *testing.T) {
 // returns the write_guard samples by name and labels.
 func scrape(t *testing.T) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get(caddyBase + "/metrics")
+	return scrapeSite(t, "")
+}
+
+// scrapeSite is scrape of the /metrics of the site host ("" for the
+// catch-all one).
+func scrapeSite(t *testing.T, host string) map[string]float64 {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, caddyBase+"/metrics", nil)
+	if host != "" {
+		req.Host = host
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("scrape: %v", err)
 	}

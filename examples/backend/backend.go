@@ -30,9 +30,14 @@ const (
 	// the length, as static file servers do: two writes of the same length
 	// within one second get the same tag.
 	MTimeETags
+	// ConstantETags sends one tag for every version of a path, as a
+	// framework does that tags the route rather than the content; the
+	// answer to a write carries it too, so it looks like the new version's.
+	ConstantETags
 )
 
 type item struct {
+	path     string
 	body     []byte
 	modified time.Time
 }
@@ -59,9 +64,15 @@ func New() *Store {
 
 // Put stores a document directly, bypassing HTTP (for setting up tests).
 func (s *Store) Put(path string, body []byte) {
+	s.PutAt(path, body, time.Now())
+}
+
+// PutAt is Put of a document last modified at modified, such as one
+// nobody has touched for an hour.
+func (s *Store) PutAt(path string, body []byte, modified time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.items[path] = item{body: append([]byte(nil), body...), modified: time.Now()}
+	s.items[path] = item{path: path, body: append([]byte(nil), body...), modified: modified}
 }
 
 // Get returns the document at path.
@@ -99,15 +110,24 @@ func (s *Store) Writes() int {
 }
 
 // ETagOf returns the ETag the store sends for body (with MTimeETags, for
-// body written now).
+// body written now; with ConstantETags, at the path "").
 func (s *Store) ETagOf(body []byte) string {
 	return s.etagOf(item{body: body, modified: time.Now()})
 }
 
+// RouteETag is the one tag ConstantETags sends for every version at path.
+func RouteETag(path string) string {
+	sum := sha256.Sum256([]byte(path))
+	return `"route-` + base64.RawURLEncoding.EncodeToString(sum[:6]) + `"`
+}
+
 func (s *Store) etagOf(it item) string {
 	body := it.body
-	if s.ETags == MTimeETags {
+	switch s.ETags {
+	case MTimeETags:
 		return `"` + strconv.FormatInt(it.modified.Unix(), 16) + "-" + strconv.FormatInt(int64(len(body)), 16) + `"`
+	case ConstantETags:
+		return RouteETag(it.path)
 	}
 	sum := sha256.Sum256(body)
 	tag := `"` + base64.RawURLEncoding.EncodeToString(sum[:9]) + `"`
@@ -156,7 +176,7 @@ func (s *Store) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			body = mergePatch(old.body, body)
 		}
-		it := item{body: body, modified: time.Now()}
+		it := item{path: path, body: body, modified: time.Now()}
 		s.mu.Lock()
 		s.items[path] = it
 		s.writes++

@@ -13,7 +13,7 @@ import (
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:9001", "address to serve on")
-	etags := flag.String("etags", "strong", "strong, weak, none or mtime (\"<seconds>-<size>\", as file servers send)")
+	etags := flag.String("etags", "strong", "strong, weak, none, mtime (\"<seconds>-<size>\", as file servers send) or constant (one tag per path, whatever it holds)")
 	delay := flag.Duration("write-delay", 0, "how long each write takes")
 	flag.Parse()
 
@@ -27,8 +27,10 @@ func main() {
 		store.ETags = backend.NoETags
 	case "mtime":
 		store.ETags = backend.MTimeETags
+	case "constant":
+		store.ETags = backend.ConstantETags
 	default:
-		log.Fatalf("-etags: %q is not strong, weak, none or mtime", *etags)
+		log.Fatalf("-etags: %q is not strong, weak, none, mtime or constant", *etags)
 	}
 	store.Put("/notes/1", []byte(`{"title":"shopping","items":["milk"]}`))
 
