@@ -272,13 +272,23 @@ func (wr *write) decide() *refusal {
 	)
 	// The cache knows the keyed resource, which need not be what a URL
 	// with a query selects.
-	if h.learnsFrom(wr.r) && h.trustsCache() && !wr.distrust {
+	switch {
+	case !h.learnsFrom(wr.r):
+	case h.trustsCache() && !wr.distrust:
 		cached, fromCache = h.store.found(wr)
 		if fromCache && !h.versions.trusts(wr, cached) {
 			cached, fromCache = etagcache.Version{}, false
 		}
 		state = stateOf(cached)
 		wr.guardTagged = cached.Guard
+	default:
+		// The version found does not decide the write, but who names the
+		// resource's versions still holds: a switch another instance
+		// recorded is adopted, and the guard's tag asked for.
+		if v, ok := h.store.found(wr); ok {
+			h.versions.trusts(wr, v)
+			wr.guardTagged = v.Guard
+		}
 	}
 	if !fromCache {
 		if state, ref = wr.checkUpstream(); ref != nil {
