@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // datedDoc is a one-document upstream without entity-tags whose dates
@@ -65,5 +67,30 @@ func TestAutoDateRevalidationOfACrowdedDate(t *testing.T) {
 	again := serve(t, h, doc, "GET", "/doc", "", "If-Modified-Since: "+read.Header().Get("Last-Modified"))
 	if again.Code != http.StatusOK || !strings.Contains(again.Body.String(), "v2") {
 		t.Errorf("revalidation of v1 by its date after v2 was written in the same second: %d %q, want 200 with v2", again.Code, again.Body)
+	}
+}
+
+// Once a site's upstream tags are distrusted, a HEAD must not hand out the
+// upstream's tag that the cache learned before the switch, nor answer 304
+// to it: a GET of the same resource carries the guard's tag, and a write
+// naming the upstream's is refused with the advice to read again.
+func TestAutoHeadAfterTheSwitch(t *testing.T) {
+	route := func(string) string { return `"route"` }
+	docs := map[string]*taggedDoc{"/h": newTaggedDoc("h0", route), "/s": newTaggedDoc("s0", route)}
+	docs["/s"].answerTag = true
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return docs[r.URL.Path].ServeHTTP(w, r)
+	})
+	h := newTestHandler(t, &Handler{})
+	serve(t, h, next, "GET", "/h", "")
+	h.cache.Wait()
+	if w := serve(t, h, next, "PUT", "/s", "s1", `If-Match: "route"`); w.Code != http.StatusNoContent || !h.reused.untrusted("example.com") {
+		t.Fatalf("the switch: %d, switched %v", w.Code, h.reused.untrusted("example.com"))
+	}
+	if tag := serve(t, h, next, "HEAD", "/h", "").Header().Get("Etag"); tag == `"route"` {
+		t.Errorf("HEAD after the switch carries the distrusted upstream tag %s", tag)
+	}
+	if w := serve(t, h, next, "HEAD", "/h", "", `If-None-Match: "route"`); w.Code == http.StatusNotModified {
+		t.Errorf("HEAD naming the distrusted upstream tag answered 304")
 	}
 }
