@@ -104,3 +104,90 @@ func TestAutoWriteAnswerTagOfTheAnswerBody(t *testing.T) {
 		}
 	})
 }
+
+// sizeTaggedDoc is a one-document upstream that can be deleted and
+// created again, tagging each version by its length alone, as a file
+// server tags by modification time and size two versions written within
+// one second: a document created again with a body of the old length
+// comes back with the old tag. Writes are answered without a tag.
+type sizeTaggedDoc struct {
+	mu     sync.Mutex
+	body   string
+	exists bool
+}
+
+func (d *sizeTaggedDoc) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		if !d.exists {
+			w.WriteHeader(http.StatusNotFound)
+			return nil
+		}
+		w.Header().Set("Etag", `"`+strings.Repeat("x", len(d.body))+`"`)
+		if r.Method == http.MethodGet {
+			io.WriteString(w, d.body)
+		}
+	case http.MethodPut:
+		b, _ := io.ReadAll(r.Body)
+		created := !d.exists
+		d.body, d.exists = string(b), true
+		if created {
+			w.WriteHeader(http.StatusCreated)
+			return nil
+		}
+		w.WriteHeader(http.StatusNoContent)
+	case http.MethodDelete:
+		d.exists = false
+		w.WriteHeader(http.StatusNoContent)
+	}
+	return nil
+}
+
+// A client that read a document before it was deleted and created anew
+// names, with the tag it holds, the deleted version. When the new
+// document comes back with that tag (tags of mtime and size within one
+// second), the client's write must not overwrite the acknowledged
+// creation it never saw.
+func TestAutoCreatedAgainWithTheDeletedTag(t *testing.T) {
+	run := func(t *testing.T, guard *Handler) string {
+		doc := &sizeTaggedDoc{}
+		send := func(method, body string, headers ...string) *http.Response {
+			t.Helper()
+			if guard == nil {
+				w := httptest.NewRecorder()
+				doc.ServeHTTP(w, newRequest(method, "/doc", strings.NewReader(body), headers...))
+				return w.Result()
+			}
+			w := serve(t, guard, doc, method, "/doc", body, headers...)
+			guard.cache.Wait()
+			return w.Result()
+		}
+		if r := send(http.MethodPut, "AAAA", "If-None-Match: *"); r.StatusCode != http.StatusCreated {
+			t.Fatalf("A's create: %d", r.StatusCode)
+		}
+		c := send(http.MethodGet, "").Header.Get("Etag")
+		if r := send(http.MethodDelete, "", "If-Match: "+c); r.StatusCode != http.StatusNoContent {
+			t.Fatalf("D's delete: %d", r.StatusCode)
+		}
+		if r := send(http.MethodPut, "BBBB", "If-None-Match: *"); r.StatusCode != http.StatusCreated {
+			t.Fatalf("E's create: %d", r.StatusCode)
+		}
+		r := send(http.MethodPut, "CCCC", "If-Match: "+c)
+		if guard != nil && r.StatusCode != http.StatusPreconditionFailed {
+			t.Errorf("C's write on the deleted version: %d, want 412", r.StatusCode)
+		}
+		return doc.body
+	}
+	t.Run("control", func(t *testing.T) {
+		if got := run(t, nil); got != "CCCC" {
+			t.Fatalf("without the guard the backend holds %q: the workload loses no update", got)
+		}
+	})
+	t.Run("guard", func(t *testing.T) {
+		if got := run(t, newTestHandler(t, &Handler{})); got != "BBBB" {
+			t.Errorf("backend holds %q: E's acknowledged creation is lost", got)
+		}
+	})
+}
