@@ -1,6 +1,10 @@
 package integration
 
 import (
+	"io"
+	"net/http"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -81,4 +85,118 @@ func must(b []byte, ok bool) []byte {
 		return nil
 	}
 	return b
+}
+
+// routeTagged is an upstream with one tag for every version of every
+// document, the tag of the route, in its reads and its writes' answers.
+type routeTagged struct {
+	mu   sync.Mutex
+	docs map[string]string
+}
+
+func (u *routeTagged) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	w.Header().Set("Etag", `"route"`)
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		io.WriteString(w, u.docs[r.URL.Path])
+	case http.MethodPut:
+		b, _ := io.ReadAll(r.Body)
+		u.docs[r.URL.Path] = string(b)
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+func (u *routeTagged) get(path string) string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.docs[path]
+}
+
+// The switch to the guard's tags outlives a reload that names the site
+// otherwise (its names in another order: the first one names the site).
+// A client that read a document before the switch still holds the
+// upstream's tag, which names every version: its write after the reload
+// must be refused as it was before.
+func TestSwitchOutlivesAReloadThatReordersTheSiteNames(t *testing.T) {
+	run := func(t *testing.T, guarded bool) string {
+		up := &routeTagged{docs: map[string]string{"/doc": "n=0", "/other": "o=0"}}
+		addr := startBackend(t, up)
+		base := "http://" + addr
+		var reload func()
+		if guarded {
+			base, reload = "http://localhost:9080", load(t, addr)
+		}
+		do := func(method, path, body, ifMatch string) *http.Response {
+			t.Helper()
+			req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+			req.Host = "a.localhost"
+			if ifMatch != "" {
+				req.Header.Set("If-Match", ifMatch)
+			}
+			resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+			if err != nil {
+				t.Fatalf("%s %s: %v", method, path, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return resp
+		}
+		z := do("GET", "/doc", "", "").Header.Get("Etag")
+		if r := do("PUT", "/other", "o=1", `"route"`); r.StatusCode/100 != 2 {
+			t.Fatalf("write that shows the constant tag: %d", r.StatusCode)
+		}
+		w := do("GET", "/doc", "", "").Header.Get("Etag")
+		if r := do("PUT", "/doc", "n=1 (w)", w); r.StatusCode/100 != 2 {
+			t.Fatalf("W's write: %d", r.StatusCode)
+		}
+		if reload != nil {
+			reload()
+		}
+		r := do("PUT", "/doc", "n=1 (z)", z)
+		if reload != nil && r.StatusCode != http.StatusPreconditionFailed {
+			t.Errorf("Z's write on n=0 with the upstream's tag after the reload: %d, want 412", r.StatusCode)
+		}
+		return up.get("/doc")
+	}
+	t.Run("control", func(t *testing.T) {
+		if got := run(t, false); got != "n=1 (z)" {
+			t.Fatalf("without the guard /doc holds %q: the workload loses no update", got)
+		}
+	})
+	t.Run("guard", func(t *testing.T) {
+		if got := run(t, true); got != "n=1 (w)" {
+			t.Errorf("/doc holds %q: W's acknowledged write is lost", got)
+		}
+	})
+}
+
+// load serves the guard for a site named a.localhost and b.localhost in
+// front of upstream, and returns what reloads it with the names the other
+// way round.
+func load(t *testing.T, upstream string) func() {
+	t.Helper()
+	site := func(names string) string {
+		return globalOptions + names + " {\n\twrite_guard\n\treverse_proxy " + upstream + "\n}\n"
+	}
+	t.Cleanup(func() { unloadSites(t) })
+	tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{TestRequestTimeout: 30 * time.Second})
+	tester.InitServer(site("http://a.localhost:9080, http://b.localhost:9080"), "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	return func() {
+		req, _ := http.NewRequest(http.MethodPost, "http://localhost:2999/load", strings.NewReader(site("http://b.localhost:9080, http://a.localhost:9080")))
+		req.Header.Set("Content-Type", "text/caddyfile")
+		resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatalf("reload: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("reload: %d %s", resp.StatusCode, b)
+		}
+	}
 }
