@@ -145,10 +145,13 @@ func (t *reusedTags) untrusted(site string) bool {
 	return ok
 }
 
-// distrust stops trusting site's upstream tags. It reports whether the
-// site was trusted until now; the first time, the switch is logged at
-// Warn and counted.
-func (t *reusedTags) distrust(logger *zap.Logger, site, key, etag, seen string) bool {
+// distrust stops trusting the upstream tags of the site whose names are
+// sites (its first name, then its others: a reload may put another first),
+// on the evidence of key's tag etag. It reports whether the site was
+// trusted until now; the first time, the switch is logged at Warn and
+// counted.
+func (t *reusedTags) distrust(logger *zap.Logger, sites []string, key, etag, seen string) bool {
+	site := sites[0]
 	if t.untrusted(site) {
 		return false
 	}
@@ -157,7 +160,10 @@ func (t *reusedTags) distrust(logger *zap.Logger, site, key, etag, seen string) 
 	if _, ok := t.sites.Load(site); ok {
 		return false
 	}
-	t.sites.Store(site, &tagReuse{Site: site, Source: "guard", Key: key, ETag: etag, Seen: seen, Since: time.Now().UTC()})
+	reuse := &tagReuse{Site: site, Source: "guard", Key: key, ETag: etag, Seen: seen, Since: time.Now().UTC()}
+	for _, name := range sites {
+		t.sites.LoadOrStore(name, reuse)
+	}
 	t.any.Store(true)
 	guardMetrics().etagSwitches.Inc()
 	if logger != nil {
@@ -178,20 +184,33 @@ func whySeen(seen string) string {
 	return "another instance sharing the Redis store found this site's tags reused"
 }
 
-// trust trusts site's upstream tags again; it reports whether they were
-// distrusted.
+// trust trusts site's upstream tags again, under every name the switch
+// was recorded for; it reports whether they were distrusted.
 func (t *reusedTags) trust(site string) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	_, ok := t.sites.LoadAndDelete(site)
-	return ok
+	reuse, ok := t.sites.Load(site)
+	if !ok {
+		return false
+	}
+	t.sites.Range(func(name, v any) bool {
+		if v == reuse {
+			t.sites.Delete(name)
+		}
+		return true
+	})
+	return true
 }
 
 // list returns the evidence for every distrusted site, by site.
 func (t *reusedTags) list() []tagReuse {
 	out := []tagReuse{}
+	seen := map[*tagReuse]bool{}
 	t.sites.Range(func(_, v any) bool {
-		out = append(out, *v.(*tagReuse))
+		if r := v.(*tagReuse); !seen[r] {
+			seen[r] = true
+			out = append(out, *r)
+		}
 		return true
 	})
 	sort.Slice(out, func(i, j int) bool { return out[i].Site < out[j].Site })

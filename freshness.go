@@ -1,6 +1,9 @@
 package writeguard
 
-import "net/http"
+import (
+	"net/http"
+	"strings"
+)
 
 // A browser's fetch in its default cache mode, and many HTTP client
 // libraries, keep a response that carries a validator but no freshness
@@ -12,8 +15,9 @@ import "net/http"
 // a read of a guarded resource that says nothing about its freshness gets
 // Cache-Control: no-cache (read_freshness no-cache, the default): caches
 // may keep it, but must ask before they use it again, which with a
-// validator costs a 304. An upstream's own Cache-Control or Expires is its
-// decision and stays as it is.
+// validator costs a 304. An upstream's own word on freshness (Expires, or
+// a Cache-Control directive such as max-age or no-store) is its decision
+// and stays as it is.
 
 // noCacheValue holds the field value, one per response, so that setting it
 // allocates nothing and no other response shares the slice: handlers such
@@ -26,12 +30,34 @@ func (h *Handler) markRevalidate(hdr http.Header, status int, value *noCacheValu
 	if !h.revalidateReads || (status < 200 || status >= 300) && status != http.StatusNotModified {
 		return
 	}
-	if _, ok := hdr["Cache-Control"]; ok {
-		return
-	}
 	if _, ok := hdr["Expires"]; ok {
 		return
 	}
-	value[0] = "no-cache"
-	hdr["Cache-Control"] = value[:]
+	cc, ok := hdr["Cache-Control"]
+	if !ok {
+		value[0] = "no-cache"
+		hdr["Cache-Control"] = value[:]
+		return
+	}
+	if !saysFreshness(cc) {
+		// Cache-Control: private (ASP.NET sends it on every answer) or
+		// public says who may keep the answer, not for how long: caches
+		// still reuse it heuristically.
+		hdr["Cache-Control"] = append(cc[:len(cc):len(cc)], "no-cache")
+	}
+}
+
+// saysFreshness reports whether Cache-Control field lines say how long an
+// answer is fresh, or that it must be revalidated or not kept.
+func saysFreshness(lines []string) bool {
+	for _, line := range lines {
+		for _, d := range strings.Split(line, ",") {
+			name, _, _ := strings.Cut(strings.TrimSpace(d), "=")
+			switch strings.ToLower(strings.TrimSpace(name)) {
+			case "max-age", "s-maxage", "no-cache", "no-store", "must-revalidate", "proxy-revalidate", "immutable", "stale-while-revalidate":
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -68,6 +68,23 @@ func (h *Handler) siteOf(r *http.Request) string {
 	return host
 }
 
+// siteNames returns site, the site of r, then the other names it has in
+// r's server: what must still find the site when a reload puts another of
+// its names first.
+func (h *Handler) siteNames(r *http.Request, site string) []string {
+	names := []string{site}
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil || site == catchAllSite {
+		return names
+	}
+	for host, name := range h.sites.lookup(srv, h).names {
+		if name == site && host != site {
+			names = append(names, host)
+		}
+	}
+	return names
+}
+
 // siteCache remembers each server's site of a handler: the routes do not
 // change while the handler's configuration runs. A handler normally lives
 // in one server, so the last one found is kept where a request reads it

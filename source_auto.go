@@ -58,7 +58,7 @@ func (s *autoVersions) siteUntrusted(r *http.Request) bool {
 // reused (TagsReused) makes this one distrust them too.
 func (s *autoVersions) trusts(wr *write, v etagcache.Version) bool {
 	if v.TagsReused && !s.siteUntrusted(wr.r) {
-		s.reused.distrust(s.h.logger, wr.site(), wr.key, "", "store")
+		s.reused.distrust(s.h.logger, s.h.siteNames(wr.r, wr.site()), wr.key, "", "store")
 	}
 	return v.Guard || !v.Exists || v.ETag == "" || !s.siteUntrusted(wr.r)
 }
@@ -273,16 +273,12 @@ func upstreamAnswerSuffices(wr *write, status int, etag string) bool {
 }
 
 // hadTag reports whether tag is one the write's resource had before it:
-// the version the write was checked against, or one a write replaced. A
-// resource created anew is not compared with the one deleted before: tags
-// made of the content come back with the content, and a client holding
-// the old tag names a resource that was deleted, not one it missed an
-// update of.
+// the version the write was checked against, or one a write replaced (a
+// resource created anew included: the tags of the one deleted before it).
+// Tags made of the content come back with the content; changedNothing
+// tells those apart where the guard wrote that content.
 func (wr *write) hadTag(tag string) bool {
-	if tag == "" {
-		return false
-	}
-	return tag == wr.replaced || wr.checked.Exists && slices.Contains(wr.older, tag)
+	return tag != "" && (tag == wr.replaced || slices.Contains(wr.older, tag))
 }
 
 // afterWrite establishes the version a write made, still under its lock,
@@ -361,7 +357,7 @@ func (s *autoVersions) guardedAfterWrite(wr *write, r *http.Request) (etagcache.
 // that the upstream gave the version the write made a tag its resource had
 // before, and returns that version as the guard tags it.
 func (s *autoVersions) reveal(wr *write, r *http.Request, tag, seen string) (etagcache.Version, bool, error) {
-	s.reused.distrust(s.h.logger, wr.site(), wr.key, tag, seen)
+	s.reused.distrust(s.h.logger, s.h.siteNames(wr.r, wr.site()), wr.key, tag, seen)
 	_, v, known, err := s.hash.probe(r, wr.next)
 	if known && v.Guard {
 		v.TagsReused = true

@@ -444,7 +444,9 @@ func (hw *hashingWriter) headFromCache(status int) int {
 		return status
 	}
 	v, ok := hw.h.cache.Get(hw.key)
-	if !ok || !v.Exists || v.ETag == "" {
+	if !ok || !v.Exists || v.ETag == "" || !v.Guard {
+		// Not a tag the guard made: an upstream's, learned before its
+		// site's tags were distrusted (etags auto).
 		return status
 	}
 	hdr := hw.Header()

@@ -302,7 +302,12 @@ func (wr *write) decide() *refusal {
 			return ref
 		}
 		o = wr.cond.Evaluate(state, h.matching)
-		if cached.FromAnswer && cached.Exists && state.Exists && state.ETag != "" && state.ETag != cached.ETag {
+		switch {
+		case state.Exists == cached.Exists && state.ETag == cached.ETag:
+			// Confirmed: what the cache knew the version replaced still
+			// holds.
+			wr.older = cached.Superseded
+		case cached.FromAnswer && cached.Exists && state.Exists && state.ETag != "":
 			// The upstream names the version its answer tagged otherwise:
 			// that tag stays refused (etagcache.Version.FromAnswer).
 			wr.older = etagcache.Supersede(cached.ETag, cached.Superseded, state.ETag)

@@ -15,8 +15,11 @@ import (
 
 // Two catch-all sites on two ports, each in front of a backend of its own
 // without ETags, where the guard's tags are digests of the content: the
-// same content in both backends has the same tag. A write through one
-// site must never be decided on the version of the other site's backend.
+// same content in both backends has the same tag. The default key leaves
+// ports out (instances sharing Redis may listen on others), so such sites
+// share keys; with a key that names the port, as the README says to give
+// them, a write through one site is never decided on the version of the
+// other site's backend.
 func TestCatchAllSitesOnTwoPortsKeepTheirVersionsApart(t *testing.T) {
 	one, two := backend.New(), backend.New()
 	one.ETags, two.ETags = backend.NoETags, backend.NoETags
@@ -67,8 +70,8 @@ func TestCatchAllSitesOnTwoPortsKeepTheirVersionsApart(t *testing.T) {
 		t.Cleanup(func() { unloadSites(t) })
 		tester := caddytest.NewTester(t).WithDefaultOverrides(caddytest.Config{TestRequestTimeout: 30 * time.Second})
 		tester.InitServer(globalOptions+
-			":9080 {\n\twrite_guard\n\treverse_proxy "+oneAddr+"\n}\n"+
-			":9081 {\n\twrite_guard\n\treverse_proxy "+twoAddr+"\n}\n", "caddyfile")
+			":9080 {\n\twrite_guard {\n\t\tkey {http.request.local.port}{http.request.uri.path}\n\t}\n\treverse_proxy "+oneAddr+"\n}\n"+
+			":9081 {\n\twrite_guard {\n\t\tkey {http.request.local.port}{http.request.uri.path}\n\t}\n\treverse_proxy "+twoAddr+"\n}\n", "caddyfile")
 		if t.Failed() {
 			t.FailNow()
 		}
