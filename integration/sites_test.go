@@ -34,7 +34,7 @@ func TestCatchAllSitesOnTwoPortsKeepTheirVersionsApart(t *testing.T) {
 		t.Helper()
 		tag := send(t, "GET", twoBase+"/doc", "").header.Get("Etag")
 		if guarded {
-			waitLearned(t, "*/doc")
+			waitLearned(t, "9081/doc")
 		}
 		x := send(t, "PUT", twoBase+"/doc", `{"n":1}`, "If-Match: "+tag).header.Get("Etag")
 		if r := send(t, "PUT", twoBase+"/doc", `{"n":2}`, "If-Match: "+x); r.status/100 != 2 {
