@@ -61,14 +61,38 @@ func (wr *write) settleDate(state precondition.State, crowded bool) *refusal {
 	return nil
 }
 
-// crowds reports whether the version made shares its date with the one
-// the write was checked against. (An answer that gives no date leaves the
-// question to the next write that asks the upstream: see ReplacedDate.)
-func (wr *write) crowds(made *etagcache.Version) bool {
-	if !made.Exists || made.LastModified.IsZero() || !wr.checkedKnown || !wr.checked.Exists || wr.checked.LastModified.IsZero() {
+// crowdedDate reports whether the date of state, the version a write is
+// checked against, names an earlier version too, by what the cache or the
+// store knew of it (cached; fromCache: that version is state). A crowded
+// date stays crowded when the upstream, asked again, shows the version the
+// cache knew; and a version whose write's answer gave no date kept the
+// date of the one it replaced, which the upstream showing again proves
+// the write did not move.
+func crowdedDate(cached etagcache.Version, fromCache bool, state precondition.State) bool {
+	if !cached.Exists {
 		return false
 	}
-	return made.LastModified.Unix() <= wr.checked.LastModified.Unix()
+	same := cached.ETag != "" && cached.ETag == state.ETag
+	return cached.Crowded && (fromCache || same) ||
+		same && !cached.ReplacedDate.IsZero() && !state.LastModified.IsZero() && state.LastModified.Unix() <= cached.ReplacedDate.Unix()
+}
+
+// dateMade notes on made, the version the write made, what its date tells:
+// crowded when it is the date of the version the write was checked
+// against; when the answer gave none, that version's date, for the next
+// write to compare with what the upstream shows (ReplacedDate).
+func (wr *write) dateMade(made *etagcache.Version) {
+	if !made.Exists || !wr.checkedKnown || !wr.checked.Exists {
+		return
+	}
+	if made.LastModified.IsZero() {
+		made.ReplacedDate = wr.checked.LastModified
+		if made.ReplacedDate.IsZero() {
+			made.ReplacedDate = wr.checked.ReplacedDate
+		}
+		return
+	}
+	made.Crowded = !wr.checked.LastModified.IsZero() && made.LastModified.Unix() <= wr.checked.LastModified.Unix()
 }
 
 // refuseCrowdedDate answers a date-validated write whose date names more

@@ -318,13 +318,7 @@ func (wr *write) decide() *refusal {
 	if fromCache {
 		wr.older = cached.Superseded
 	}
-	// A crowded date stays crowded when the upstream, asked again, shows
-	// the version the cache knew.
-	// An answer that gave no date left the date of the version it replaced:
-	// if the upstream shows it again, the write did not move it.
-	sameVersion := cached.Exists && cached.ETag != "" && cached.ETag == state.ETag
-	crowded := cached.Crowded && cached.Exists && (fromCache || sameVersion) ||
-		sameVersion && !cached.ReplacedDate.IsZero() && !state.LastModified.IsZero() && state.LastModified.Unix() <= cached.ReplacedDate.Unix()
+	crowded := crowdedDate(cached, fromCache, state)
 	if fromCache || stateKnown(state) {
 		wr.checked = etagcache.Version{
 			Exists: state.Exists, ETag: state.ETag, LastModified: state.LastModified, Superseded: wr.older,
@@ -423,13 +417,7 @@ func (wr *write) record(made *etagcache.Version) *etagcache.Version {
 		return nil
 	}
 	made.Superseded = etagcache.Supersede(wr.replaced, wr.older, made.ETag)
-	made.Crowded = wr.crowds(made)
-	if made.Exists && made.LastModified.IsZero() && wr.checkedKnown && wr.checked.Exists {
-		made.ReplacedDate = wr.checked.LastModified
-		if made.ReplacedDate.IsZero() {
-			made.ReplacedDate = wr.checked.ReplacedDate
-		}
-	}
+	wr.dateMade(made)
 	if wr.distrust {
 		h.cache.Forget(wr.key)
 	} else {
