@@ -390,9 +390,10 @@ var _ caddy.AdminRouter = (*adminAPI)(nil)
 
 // handleETagSources lists the sites whose upstream tags the guard stopped
 // trusting (GET), or trusts a site's tags again (DELETE ?site=), for an
-// operator who has fixed the upstream. In this process only: with store
-// redis, versions recorded as TagsReused switch the site back on the next
-// write that finds one, until they are replaced or expire.
+// operator who has fixed the upstream: in this process, and in the marks
+// of the Redis stores it uses. Other instances keep their switch until
+// they restart, and versions recorded as TagsReused switch a site back on
+// the next write that finds one, until they are replaced or expire.
 func (adminAPI) handleETagSources(w http.ResponseWriter, r *http.Request) error {
 	reused := currentReusedTags()
 	switch r.Method {
@@ -407,8 +408,31 @@ func (adminAPI) handleETagSources(w http.ResponseWriter, r *http.Request) error 
 		if site == "" {
 			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: errors.New("the site query parameter is required")}
 		}
-		if reused == nil || !reused.trust(site) {
+		var names []string
+		if reused != nil {
+			names = reused.names(site)
+		}
+		if len(names) == 0 || !reused.trust(site) {
 			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("the guard tags no site %q itself", site)}
+		}
+		// Every instance sharing a Redis store would switch again on
+		// reading its mark.
+		var stores []sharedRedis
+		pool.Range(func(_, value any) bool {
+			if v, ok := value.(sharedRedis); ok {
+				stores = append(stores, v)
+			}
+			return true
+		})
+		for _, st := range stores {
+			ctx, cancel := context.WithTimeout(r.Context(), 2*st.Config().Timeout)
+			for _, name := range names {
+				if err := st.UnmarkSite(ctx, name); err != nil {
+					cancel()
+					return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: fmt.Errorf("trusted again in this process, but the Redis store of key prefix %q still marks the site: %v", st.Config().KeyPrefix, err)}
+				}
+			}
+			cancel()
 		}
 		if processState().generations != nil {
 			// Versions learned with the guard's tags must not decide

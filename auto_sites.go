@@ -31,6 +31,9 @@ type reusedTags struct {
 	any   atomic.Bool
 	mu    sync.Mutex
 	sites sync.Map // site → *tagReuse
+	// asked lists the sites whose mark in the Redis store this process
+	// has read (autoVersions.consult).
+	asked sync.Map // site → struct{}
 	// bodies tells a write that left its tag unchanged because it wrote
 	// the body the previous write did from one whose tag should have
 	// changed.
@@ -196,10 +199,27 @@ func (t *reusedTags) trust(site string) bool {
 	t.sites.Range(func(name, v any) bool {
 		if v == reuse {
 			t.sites.Delete(name)
+			t.asked.Delete(name)
 		}
 		return true
 	})
 	return true
+}
+
+// names returns the names a site's switch was recorded under.
+func (t *reusedTags) names(site string) []string {
+	reuse, ok := t.sites.Load(site)
+	if !ok {
+		return nil
+	}
+	var names []string
+	t.sites.Range(func(name, v any) bool {
+		if v == reuse {
+			names = append(names, name.(string))
+		}
+		return true
+	})
+	return names
 }
 
 // list returns the evidence for every distrusted site, by site.

@@ -1,6 +1,7 @@
 package writeguard
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -90,4 +91,47 @@ func TestAutoSwitchReachesOtherInstancesBeforeTheyLoseAnUpdate(t *testing.T) {
 			t.Errorf("X's write after reading again through b: %d", code)
 		}
 	})
+}
+
+// An instance that starts after another switched the site (or this one,
+// restarted) finds the switch in Redis before its first write there is
+// decided, even for a resource whose version Redis does not hold: a client
+// that read the upstream's tag before the switch must not write on it.
+func TestAutoSwitchOutlivesARestartWithRedis(t *testing.T) {
+	route := func(string) string { return `"route"` }
+	docs := map[string]*taggedDoc{"/r1": newTaggedDoc("n=0", route), "/r2": newTaggedDoc("n=0", route)}
+	for _, d := range docs {
+		d.answerTag = true
+	}
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return docs[r.URL.Path].ServeHTTP(w, r)
+	})
+	srv := redistest.Start(t)
+	a, _ := redisHandler(t, srv, &Handler{CacheSize: 10_001})
+	// The client read /r2 before the switch.
+	stale := serve(t, a, next, "GET", "/r2", "").Header().Get("Etag")
+	a.cache.Wait()
+	if code := serve(t, a, next, "PUT", "/r2", "n=1 (w)", "If-Match: "+stale).Code; code != http.StatusNoContent {
+		t.Fatalf("W's write to /r2: %d", code)
+	}
+	if !a.reused.untrusted("example.com") {
+		t.Fatal("the constant tag was not found out")
+	}
+	// Redis forgets /r2's version (it expired, or was evicted); a new
+	// process starts with nothing in memory.
+	for _, key := range []string{"example.com/r1", "example.com/r2"} {
+		if err := a.store.shared().Forget(context.Background(), key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, _ := redisHandler(t, srv, &Handler{CacheSize: 10_002})
+	if code := serve(t, b, next, "PUT", "/r2", "n=1 (stale)", "If-Match: "+stale).Code; code != http.StatusPreconditionFailed {
+		t.Errorf("the stale write through the new process: %d, want 412", code)
+	}
+	if got := docs["/r2"].current(); got != "n=1 (w)" {
+		t.Errorf("/r2 holds %q: W's acknowledged write is lost", got)
+	}
+	if got := b.reused.list(); len(got) != 1 || got[0].Seen != "store" || got[0].Key != "example.com/r2" {
+		t.Errorf("evidence %+v, want the store's with its key", got)
+	}
 }

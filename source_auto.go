@@ -1,12 +1,15 @@
 package writeguard
 
 import (
+	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/writeguard/caddy-writeguard/etagcache"
 )
@@ -357,10 +360,69 @@ func (s *autoVersions) guardedAfterWrite(wr *write, r *http.Request) (etagcache.
 // that the upstream gave the version the write made a tag its resource had
 // before, and returns that version as the guard tags it.
 func (s *autoVersions) reveal(wr *write, r *http.Request, tag, seen string) (etagcache.Version, bool, error) {
-	s.reused.distrust(s.h.logger, s.h.siteNames(wr.r, wr.site()), wr.key, tag, seen)
+	names := s.h.siteNames(wr.r, wr.site())
+	if s.reused.distrust(s.h.logger, names, wr.key, tag, seen) {
+		s.mark(r.Context(), names)
+	}
 	_, v, known, err := s.hash.probe(r, wr.next)
 	if known && v.Guard {
 		v.TagsReused = true
 	}
 	return v, known, err
+}
+
+// consult reads, once per site and process, whether the Redis store
+// records the write's site as one whose upstream tags are distrusted: an
+// instance that started after the switch, or a reload that puts another of
+// the site's names first, must not trust the tags it was switched for.
+// Without an answer from Redis it asks again on the next write.
+func (s *autoVersions) consult(wr *write) {
+	rs := s.h.store.shared()
+	if rs == nil {
+		return
+	}
+	site := wr.site()
+	if s.reused.untrusted(site) {
+		return
+	}
+	if _, asked := s.reused.asked.Load(site); asked {
+		return
+	}
+	ctx, cancel := context.WithTimeout(wr.ctx.Context, rs.Config().Timeout)
+	evidence, marked, err := rs.SiteMarked(ctx, site)
+	cancel()
+	if err != nil {
+		return
+	}
+	s.reused.asked.Store(site, struct{}{})
+	if marked {
+		var was tagReuse
+		json.Unmarshal([]byte(evidence), &was)
+		s.reused.distrust(s.h.logger, s.h.siteNames(wr.r, site), was.Key, was.ETag, "store")
+	}
+}
+
+// mark records the switch of the site with names in the Redis store, for
+// every instance and for as long as the store lives.
+func (s *autoVersions) mark(ctx context.Context, names []string) {
+	rs := s.h.store.shared()
+	if rs == nil || len(names) == 0 {
+		return
+	}
+	list := s.reused.list()
+	var evidence []byte
+	for _, r := range list {
+		if r.Site == names[0] {
+			evidence, _ = json.Marshal(r)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, rs.Config().Timeout)
+	defer cancel()
+	for _, name := range names {
+		if err := rs.MarkSite(ctx, name, string(evidence)); err != nil {
+			s.h.logger.Warn("could not record in Redis that the site's upstream tags are distrusted; other instances find out from the versions recorded",
+				zap.String("site", name), zap.Error(err))
+			return
+		}
+	}
 }

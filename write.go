@@ -264,6 +264,9 @@ func (wr *write) decide() *refusal {
 		return nil // blind allow: serialized, nothing to check
 	}
 	h := wr.h
+	if c, ok := h.versions.(storeConsulter); ok {
+		c.consult(wr)
+	}
 	var (
 		state     precondition.State
 		cached    etagcache.Version
@@ -399,6 +402,10 @@ func (wr *write) end(forwarded bool, status int, made *etagcache.Version) {
 	h.locks.Unlock(wr.key)
 	wr.fence.leave(h)
 }
+
+// A storeConsulter reads what the store says of the write's site before
+// the write is decided.
+type storeConsulter interface{ consult(wr *write) }
 
 // A writeNoter is told of every forwarded write as it ends.
 type writeNoter interface {

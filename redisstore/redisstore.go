@@ -673,3 +673,30 @@ func formatVersion(v *etagcache.Version) []any {
 	// Entity-tags cannot contain line breaks (RFC 9110, 8.8.3).
 	return []any{x, v.ETag, m, strings.Join(v.Superseded, "\n")}
 }
+
+// Sites whose upstream entity-tags the guard stopped trusting (etags auto)
+// are recorded without expiry, so that every instance, and one that
+// starts later, knows: the versions recorded after the switch say so too,
+// but only for as long as they are kept.
+
+func (s *Store) siteKey(site string) string { return s.cfg.KeyPrefix + "reused:{" + site + "}" }
+
+// MarkSite records that site's upstream tags do not name versions;
+// evidence says why.
+func (s *Store) MarkSite(ctx context.Context, site, evidence string) error {
+	return s.rdb.Set(ctx, s.siteKey(site), evidence, 0).Err()
+}
+
+// SiteMarked returns the evidence recorded for site, if any.
+func (s *Store) SiteMarked(ctx context.Context, site string) (string, bool, error) {
+	v, err := s.rdb.Get(ctx, s.siteKey(site)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", false, nil
+	}
+	return v, err == nil, err
+}
+
+// UnmarkSite forgets that site's upstream tags were distrusted.
+func (s *Store) UnmarkSite(ctx context.Context, site string) error {
+	return s.rdb.Del(ctx, s.siteKey(site)).Err()
+}

@@ -600,3 +600,29 @@ func TestVersionFlagsRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// A site marked as reusing its tags stays marked, for every client of the
+// store, until unmarked.
+func TestSiteMarks(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	a, b := newStore(t, srv, Config{}), newStore(t, srv, Config{})
+	if _, ok, err := b.SiteMarked(ctx, "example.com"); ok || err != nil {
+		t.Fatalf("unmarked site: %v %v", ok, err)
+	}
+	if err := a.MarkSite(ctx, "example.com", `{"key":"example.com/doc"}`); err != nil {
+		t.Fatal(err)
+	}
+	if ev, ok, err := b.SiteMarked(ctx, "example.com"); !ok || err != nil || ev != `{"key":"example.com/doc"}` {
+		t.Fatalf("marked site: %q %v %v", ev, ok, err)
+	}
+	if ttl := srv.Client().TTL(ctx, a.siteKey("example.com")).Val(); ttl != -1 {
+		t.Errorf("the mark expires (TTL %v)", ttl)
+	}
+	if err := b.UnmarkSite(ctx, "example.com"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := a.SiteMarked(ctx, "example.com"); ok {
+		t.Fatal("still marked")
+	}
+}
