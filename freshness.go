@@ -51,10 +51,16 @@ func (h *Handler) markRevalidate(hdr http.Header, status int, value *noCacheValu
 // answer is fresh, or that it must be revalidated or not kept.
 func saysFreshness(lines []string) bool {
 	for _, line := range lines {
-		for _, d := range strings.Split(line, ",") {
-			name, _, _ := strings.Cut(strings.TrimSpace(d), "=")
-			switch strings.ToLower(strings.TrimSpace(name)) {
-			case "max-age", "s-maxage", "no-cache", "no-store", "must-revalidate", "proxy-revalidate", "immutable", "stale-while-revalidate":
+		// Scanned in place: most answers that pass carry the field.
+		for rest := line; rest != ""; {
+			var d string
+			d, rest, _ = strings.Cut(rest, ",")
+			name, _, _ := strings.Cut(d, "=")
+			switch name = strings.TrimSpace(name); {
+			case strings.EqualFold(name, "max-age"), strings.EqualFold(name, "s-maxage"),
+				strings.EqualFold(name, "no-cache"), strings.EqualFold(name, "no-store"),
+				strings.EqualFold(name, "must-revalidate"), strings.EqualFold(name, "proxy-revalidate"),
+				strings.EqualFold(name, "immutable"), strings.EqualFold(name, "stale-while-revalidate"):
 				return true
 			}
 		}

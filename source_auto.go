@@ -168,7 +168,12 @@ func (ar *autoReader) WriteHeader(status int) {
 		ar.hw.WriteHeader(status)
 		return
 	}
-	if !ar.wroteHeader && status >= 200 && status < 300 && status != http.StatusPartialContent && ar.Header().Get("Etag") == "" {
+	if ar.wroteHeader || status < 200 {
+		ar.ResponseWriterWrapper.WriteHeader(status)
+		return
+	}
+	etag := ar.Header().Get("Etag")
+	if status < 300 && status != http.StatusPartialContent && etag == "" {
 		ar.wroteHeader = true
 		// With the stamp taken before the upstream was asked: a write that
 		// overtook this answer must keep it out of the cache.
@@ -180,7 +185,8 @@ func (ar *autoReader) WriteHeader(status int) {
 		hw.WriteHeader(status)
 		return
 	}
-	ar.learningWriter.WriteHeader(status)
+	ar.learnHeader(status, etag)
+	ar.ResponseWriterWrapper.WriteHeader(status)
 }
 
 func (ar *autoReader) Write(p []byte) (int, error) {
@@ -409,12 +415,9 @@ func (s *autoVersions) mark(ctx context.Context, names []string) {
 	if rs == nil || len(names) == 0 {
 		return
 	}
-	list := s.reused.list()
 	var evidence []byte
-	for _, r := range list {
-		if r.Site == names[0] {
-			evidence, _ = json.Marshal(r)
-		}
+	if r, ok := s.reused.sites.Load(names[0]); ok {
+		evidence, _ = json.Marshal(r)
 	}
 	ctx, cancel := context.WithTimeout(ctx, rs.Config().Timeout)
 	defer cancel()

@@ -115,16 +115,22 @@ type learningWriter struct {
 
 func (lw *learningWriter) WriteHeader(status int) {
 	if !lw.wroteHeader && status >= 200 {
-		lw.wroteHeader = true
-		hdr := lw.Header()
-		if lw.learn {
-			if v, ok := versionFromResponse(status, hdr.Get("Etag"), hdr.Get("Last-Modified")); ok {
-				lw.h.cache.Learn(lw.key, lw.stamp, v)
-			}
-		}
-		lw.h.markRevalidate(hdr, status, &lw.noCache)
+		lw.learnHeader(status, lw.Header().Get("Etag"))
 	}
 	lw.ResponseWriterWrapper.WriteHeader(status)
+}
+
+// learnHeader learns the version the final header shows, etag being its
+// ETag field, and marks it for revalidation.
+func (lw *learningWriter) learnHeader(status int, etag string) {
+	lw.wroteHeader = true
+	hdr := lw.Header()
+	if lw.learn {
+		if v, ok := versionFromResponse(status, etag, hdr.Get("Last-Modified")); ok {
+			lw.h.cache.Learn(lw.key, lw.stamp, v)
+		}
+	}
+	lw.h.markRevalidate(hdr, status, &lw.noCache)
 }
 
 func (lw *learningWriter) Write(p []byte) (int, error) {

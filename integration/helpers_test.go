@@ -401,6 +401,12 @@ func (wl *workload) edit(client *http.Client, res, line string) int {
 func putIfMatch(client *http.Client, url, body, tag string) int {
 	req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader(body))
 	req.Header.Set("If-Match", tag)
+	return statusOf(client, req)
+}
+
+// statusOf sends req and returns the status of its answer, whose body it
+// drains, or 0 when the exchange failed.
+func statusOf(client *http.Client, req *http.Request) int {
 	resp, err := client.Do(req)
 	if err != nil {
 		return 0

@@ -156,13 +156,7 @@ func (wl *incrementWorkload) edit(client *http.Client, res string) int {
 	case wl.sendBack == sendBackWhatWasRead:
 		req.Header.Set("If-Unmodified-Since", date)
 	}
-	put, err := client.Do(req)
-	if err != nil {
-		return 0
-	}
-	io.Copy(io.Discard, put.Body)
-	put.Body.Close()
-	return put.StatusCode
+	return statusOf(client, req)
 }
 
 // outcome is what a run of the workload did to the counters.
